@@ -1,0 +1,140 @@
+"""Logical axis names, the one rules table that maps them to mesh axes, and mesh helpers.
+
+Every parameter in the package carries logical axis names (``nnx.Param(..., sharding=names)``
+through :func:`param`). A rules table maps each logical name to a mesh axis (or None =
+replicated); changing the parallelism plan means changing this table, never the models.
+
+Mesh axes: ``data`` (pure data parallel), ``fsdp`` (data parallel + parameter sharding),
+``tensor`` (Megatron-style model parallel).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+#: logical axis name -> mesh axis (or tuple of axes, or None).
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # parameters
+    ("embed", "fsdp"),          # model width C
+    ("mlp", "tensor"),          # FFN hidden
+    ("heads", "tensor"),        # attention heads (q/k/v projections' output, proj input)
+    ("kv", None),               # per-head dim
+    ("qkv", None),              # the 3 of a fused qkv projection
+    ("text_embed", "fsdp"),     # T5 width (2048 for Flan-T5-XL)
+    ("text_len", None),         # cfg_uncond rows
+    ("vocab", None),            # head logits (2d) / token vocab
+    ("bits", None),             # d, codebook bits
+    ("adaln", None),            # the 6 (or 2) AdaLN chunks
+    ("levels", None),           # scale-level embedding rows
+    ("layers", None),           # stacked blocks under scan
+    ("conv_spatial", None),     # conv kernel taps
+    ("conv_in", None),
+    ("conv_out", "tensor"),
+    ("norm", None),             # norm scales/biases
+    # activations
+    ("act_batch", ("data", "fsdp")),
+    ("act_len", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+)
+
+
+def param(init: Callable, names: Sequence[str | None]) -> Callable:
+    """Wrap an initializer so the created ``nnx.Param`` carries logical axis ``names``."""
+    return nnx.with_partitioning(init, tuple(names))
+
+
+def logical_to_spec(names: Sequence[str | None] | None, rules=LOGICAL_AXIS_RULES,
+                    mesh: Mesh | None = None) -> P:
+    """Translate logical axis names into a PartitionSpec using ``rules``.
+
+    A mesh axis is used at most once per spec; axes of size 1 in ``mesh`` are dropped.
+    """
+    if names is None:
+        return P()
+    table = dict(rules)
+    used: set[str] = set()
+    out = []
+    for name in names:
+        axes = table.get(name) if name is not None else None
+        if axes is None:
+            out.append(None)
+            continue
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        axes = tuple(a for a in axes if a not in used and (mesh is None or mesh.shape.get(a, 1) > 1))
+        used.update(axes)
+        out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return P(*out)
+
+
+def _names_of(var) -> tuple | None:
+    meta = var.get_metadata() if hasattr(var, "get_metadata") else {}
+    for key in ("out_sharding", "sharding_names", "sharding"):
+        if meta.get(key) is not None:
+            return tuple(meta[key])
+    return None
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> nnx.State:
+    """A pytree of NamedShardings matching an NNX state, from each variable's logical names.
+
+    A dimension that the mesh axis does not divide is replicated instead.
+    """
+
+    def one(var):
+        names = _names_of(var)
+        value = var.get_value() if hasattr(var, "get_value") else var.value
+        spec = logical_to_spec(names, rules, mesh) if names is not None else P()
+        spec = list(spec) + [None] * (np.ndim(value) - len(spec))
+        for i, axes in enumerate(spec):
+            if axes is None:
+                continue
+            size = int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
+            if value.shape[i] % size:
+                spec[i] = None
+        return var.replace(NamedSharding(mesh, P(*spec[: np.ndim(value)])))
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def make_mesh(shape: dict[str, int] | Sequence[int] | None = None, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    n = devices.size
+    if shape is None:
+        shape = {"data": -1}
+    if not isinstance(shape, dict):
+        shape = dict(zip(MESH_AXES, shape))
+    sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError("at most one mesh axis may be -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if n % known:
+            raise ValueError(f"{n} devices cannot fill mesh {dict(zip(MESH_AXES, sizes))}")
+        sizes[sizes.index(-1)] = n // known
+    if int(np.prod(sizes)) != n:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, have {n}")
+    return Mesh(devices.reshape(sizes), MESH_AXES,
+                axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def constrain(x: jax.Array, names: Sequence[str | None], rules=LOGICAL_AXIS_RULES) -> jax.Array:
+    """``with_sharding_constraint`` by logical names when a mesh is active; no-op otherwise."""
+    mesh = jax.sharding.get_abstract_mesh() if hasattr(jax.sharding, "get_abstract_mesh") else None
+    if mesh is None or mesh.empty or mesh.size <= 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
+
+
+def cast_floating(tree, dtype):
+    """Cast every floating leaf of a pytree to ``dtype``."""
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)

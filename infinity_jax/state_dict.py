@@ -1,0 +1,127 @@
+"""Reading official PyTorch state_dicts and checking them strictly.
+
+Official checkpoints come as ``.pth`` (a pickled dict, possibly wrapped as ``{"vae": ...}``,
+``{"ema": ...}``, ``{"trainer": {"gpt_fsdp": ...}}``), ``.safetensors`` (possibly sharded
+with an ``*.index.json``) or, for the reference fixtures, ``.npz``. Everything is returned
+as a flat ``{name: np.ndarray}``; torch is imported only for ``.pth`` files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Iterable, Mapping
+
+import numpy as np
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose keys or shapes do not match the model it is loaded into."""
+
+    def __init__(self, what: str, missing=(), unexpected=(), mismatched=()):
+        self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
+        lines = [f"{what} does not match the model config:"]
+
+        def show(title, items, fmt=str):
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines.extend(f"    {fmt(i)}" for i in items[:50])
+                if len(items) > 50:
+                    lines.append(f"    ... and {len(items) - 50} more")
+
+        show("missing keys", self.missing)
+        show("unexpected keys", self.unexpected)
+        show("wrong shapes", self.mismatched, lambda m: f"{m[0]}: checkpoint {m[1]} vs model {m[2]}")
+        super().__init__("\n".join(lines))
+
+
+_WRAPPER_KEYS = ("vae", "ema", "state_dict", "model", "gpt_fsdp", "gpt_wo_ddp", "module")
+
+
+def _unwrap(obj) -> Mapping:
+    """Descend through the usual wrapper dicts until the tensor dict is reached."""
+    for _ in range(4):
+        if not isinstance(obj, Mapping):
+            break
+        if "trainer" in obj and isinstance(obj["trainer"], Mapping):
+            obj = obj["trainer"]
+            continue
+        for key in _WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+        else:
+            break
+    return obj
+
+
+def _to_numpy(v) -> np.ndarray:
+    if isinstance(v, np.ndarray):
+        return v
+    try:
+        import torch  # noqa: PLC0415
+
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu()
+            if v.dtype == torch.bfloat16:
+                v = v.float()
+            return v.numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    return np.asarray(v)
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a checkpoint file (or a folder of safetensors shards) into ``{key: array}``."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        index = sorted(path.glob("*.safetensors.index.json"))
+        files = (sorted({path / f for f in json.loads(index[0].read_text())["weight_map"].values()})
+                 if index else sorted(path.glob("*.safetensors")))
+        if not files:
+            raise FileNotFoundError(f"no .safetensors files in {path}")
+        out: dict[str, np.ndarray] = {}
+        for f in files:
+            out.update(load_state_dict(f))
+        return out
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    if suffix == ".safetensors":
+        from safetensors.numpy import load_file  # noqa: PLC0415
+
+        try:
+            return dict(load_file(str(path)))
+        except Exception:  # bf16 tensors: go through torch
+            from safetensors.torch import load_file as load_torch  # noqa: PLC0415
+
+            return {k: _to_numpy(v) for k, v in load_torch(str(path)).items()}
+    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        try:
+            import torch  # noqa: PLC0415
+        except ImportError as e:
+            raise ImportError("reading .pth files needs PyTorch: pip install 'infinity-jax[torch]'") from e
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        obj = _unwrap(obj)
+        return {k: _to_numpy(v) for k, v in obj.items() if hasattr(v, "shape")}
+    raise ValueError(f"unsupported checkpoint format {path.suffix!r} ({path}); use .pth, .safetensors or .npz")
+
+
+def check_keys(what: str, state: Mapping[str, np.ndarray], expected: Mapping[str, tuple],
+               ignore: Iterable[str] = ()) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``state`` has exactly ``expected``'s keys and shapes.
+
+    ``ignore`` lists checkpoint keys that may be present and are dropped (non-persistent buffers).
+    """
+    ignore = set(ignore)
+    have = set(state) - ignore
+    want = set(expected)
+    missing = sorted(want - have)
+    unexpected = sorted(have - want)
+    mismatched = sorted((k, tuple(state[k].shape), tuple(expected[k])) for k in want & have
+                        if tuple(state[k].shape) != tuple(expected[k]))
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(what, missing, unexpected, mismatched)

@@ -1,0 +1,32 @@
+"""infinity-jax: a JAX/Flax NNX implementation of Infinity (bitwise autoregressive text-to-image)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="infinity-jax",
+    version="0.1.0",
+    description="Infinity (bitwise scale-autoregressive text-to-image) in JAX / Flax NNX",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["infinity_jax", "infinity_jax.*"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "tensorflow-datasets",
+        "sentencepiece",
+        "absl-py",
+        "ml-collections",
+        "numpy",
+        "pillow",
+        "safetensors",
+        "tqdm",
+    ],
+    extras_require={
+        "torch": ["torch>=2.5"],
+        "test": ["pytest>=8", "torch>=2.5", "transformers>=4.40"],
+    },
+    entry_points={},
+)
