@@ -17,6 +17,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+# Parameters carry logical names as metadata only; placement happens when a state is created
+# or moved under explicit shardings (``jax.jit(..., out_shardings=...)``), never eagerly.
+import flax  # noqa: E402
+
+flax.config.update("flax_always_shard_variable", False)
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 #: logical axis name -> mesh axis (or tuple of axes, or None).

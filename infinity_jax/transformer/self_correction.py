@@ -1,0 +1,114 @@
+"""Bitwise Self-Correction (BSC): build teacher-forcing inputs and labels with flipped bits.
+
+For scales k = 0..K-1 with running code sum S (full latent grid, starts at 0)::
+
+    r_k = area(F - S -> h_k x w_k)               (no resize at the last scale)
+    bits_k = BSQ(r_k)                             label of scale k (clean w.r.t. the corrupted S)
+    if k < apply_layers: p_k ~ U{0, .01, ..., strength} (one draw per scale, whole batch)
+                         flip each bit with prob p_k; q_k = codes(flipped bits)  (requant)
+    S += bilinear(q_k -> H x W)
+    input of scale k+1 = bilinear(S -> h_{k+1} x w_{k+1})
+
+So the input of scale k+1 carries the corrupted codes of scales <= k, and later labels point
+back towards the true latent: the model learns to correct its own earlier mistakes.
+With spatial patchify (8B) the VAE grid is twice the token grid and 2x2 tokenizer tokens are
+packed per transformer token (channel c*4 + 2i + j).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from infinity_jax.tokenizer.quantizer import bits_to_codes, bsq
+from infinity_jax.tokenizer.resample import area_resize, bilinear_resize
+
+
+def pixel_unshuffle(x: jax.Array, r: int = 2) -> jax.Array:
+    """(B, H, W, C) -> (B, H/r, W/r, C*r*r) with channel index c*r*r + i*r + j (PyTorch order)."""
+    B, H, W, C = x.shape
+    x = x.reshape(B, H // r, r, W // r, r, C).transpose(0, 1, 3, 5, 2, 4)
+    return x.reshape(B, H // r, W // r, C * r * r)
+
+
+def pixel_shuffle(x: jax.Array, r: int = 2) -> jax.Array:
+    """Inverse of :func:`pixel_unshuffle`: (B, h, w, C*r*r) -> (B, h*r, w*r, C)."""
+    B, h, w, Cr = x.shape
+    C = Cr // (r * r)
+    x = x.reshape(B, h, w, C, r, r).transpose(0, 1, 4, 2, 5, 3)
+    return x.reshape(B, h * r, w * r, C)
+
+
+class BSCOutput(NamedTuple):
+    """x_BLC_wo_prefix (B, L-1, d'): inputs of scales 1..K-1; labels (B, L, d') int32: bits to
+    predict; clean_bits / used_bits: per scale (B, h, w, d) on the VAE grid, before / after
+    flipping; strengths (K,) the flip probability drawn per scale."""
+
+    x_BLC_wo_prefix: jax.Array
+    labels: jax.Array
+    clean_bits: list
+    used_bits: list
+    strengths: jax.Array
+
+
+def vae_schedule(scales: Sequence[Sequence[int]], patchify: bool) -> list[tuple[int, int, int]]:
+    """The tokenizer's grids for a transformer schedule (doubled with spatial patchify)."""
+    f = 2 if patchify else 1
+    return [(1, int(s[-2]) * f, int(s[-1]) * f) for s in scales]
+
+
+def flip_requant(features: jax.Array, scales: Sequence[Sequence[int]], key: jax.Array | None = None, *,
+                 strength: float = 0.0, apply_layers: int = 100, requant: bool = True,
+                 patchify: bool = False) -> BSCOutput:
+    """Teacher-forcing inputs and labels from raw tokenizer features ``(B, H, W, d)``.
+
+    Args:
+      features: encoder output on the VAE grid (last scale of ``vae_schedule``).
+      scales: the transformer's schedule ((1,h,w), ...).
+      key: PRNG key for the flips; None (or strength 0) means no flipping.
+      strength: maximum flip probability (official training: 0.3; validation: 0.2).
+      apply_layers: flip only on the first ``apply_layers`` scales.
+      requant: feed the flipped codes forward (official default); with False the clean codes are
+        used and the flips are only recorded in ``used_bits``.
+    """
+    vs = vae_schedule(scales, patchify)
+    B, H, W, d = features.shape
+    if (vs[-1][1], vs[-1][2]) != (H, W):
+        raise ValueError(f"features grid {(H, W)} does not match the schedule's last grid {vs[-1][1:]}")
+    x = features.astype(jnp.float32)
+    S = jnp.zeros_like(x)
+    K = len(vs)
+    flipping = key is not None and strength > 0
+    if flipping:
+        kstr, kflip = jax.random.split(key)
+        n = int(round(100 * strength)) + 1
+        strengths = jax.random.randint(kstr, (K,), 0, n).astype(jnp.float32) * 0.01
+        strengths = jnp.where(jnp.arange(K) < apply_layers, strengths, 0.0)
+        flip_keys = jax.random.split(kflip, K)
+    else:
+        strengths = jnp.zeros((K,), jnp.float32)
+    inputs, labels, clean, used = [], [], [], []
+    for k, (_, h, w) in enumerate(vs):
+        r = x - S
+        if k != K - 1:
+            r = area_resize(r, (h, w))
+        q, bits = bsq(r)
+        clean.append(bits)
+        if flipping and k < apply_layers:
+            flip = jax.random.uniform(flip_keys[k], bits.shape) < strengths[k]
+            fbits = jnp.where(flip, 1 - bits, bits)
+            if requant:
+                q = bits_to_codes(fbits)
+        else:
+            fbits = bits
+        used.append(fbits)
+        S = S + bilinear_resize(q, (H, W))
+        if k < K - 1:
+            nxt = bilinear_resize(S, vs[k + 1][1:])
+            if patchify:
+                nxt = pixel_unshuffle(nxt)
+            inputs.append(nxt.reshape(B, -1, nxt.shape[-1]))
+        lab = pixel_unshuffle(bits) if patchify else bits
+        labels.append(lab.reshape(B, -1, lab.shape[-1]))
+    return BSCOutput(jnp.concatenate(inputs, axis=1), jnp.concatenate(labels, axis=1), clean, used, strengths)
