@@ -122,9 +122,14 @@ _SIZES = {
 #: derived from the official module definitions.
 OFFICIAL_PARAM_COUNTS = {
     "layer12": 125_185_696,
+    "layer16": 361.6e6,
+    "layer24": 940.9e6,
+    "layer32": 2_257e6,
+    "layer40": 4_716e6,
+    "layer48": 8_767e6,
     "2b": 2_205e6,
     "8b": 8_376e6,
-    "20b": 19_95e7,
+    "20b": 19_950e6,
 }
 
 SIZE_NAMES = tuple(_SIZES)

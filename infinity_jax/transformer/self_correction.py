@@ -60,7 +60,7 @@ def vae_schedule(scales: Sequence[Sequence[int]], patchify: bool) -> list[tuple[
 
 def flip_requant(features: jax.Array, scales: Sequence[Sequence[int]], key: jax.Array | None = None, *,
                  strength: float = 0.0, apply_layers: int = 100, requant: bool = True,
-                 patchify: bool = False) -> BSCOutput:
+                 patchify: bool = False, strengths: Sequence[float] | jax.Array | None = None) -> BSCOutput:
     """Teacher-forcing inputs and labels from raw tokenizer features ``(B, H, W, d)``.
 
     Args:
@@ -69,6 +69,7 @@ def flip_requant(features: jax.Array, scales: Sequence[Sequence[int]], key: jax.
       key: PRNG key for the flips; None (or strength 0) means no flipping.
       strength: maximum flip probability (official training: 0.3; validation: 0.2).
       apply_layers: flip only on the first ``apply_layers`` scales.
+      strengths: explicit per-scale flip probabilities (K,), overriding the random draw.
       requant: feed the flipped codes forward (official default); with False the clean codes are
         used and the flips are only recorded in ``used_bits``.
     """
@@ -79,8 +80,11 @@ def flip_requant(features: jax.Array, scales: Sequence[Sequence[int]], key: jax.
     x = features.astype(jnp.float32)
     S = jnp.zeros_like(x)
     K = len(vs)
-    flipping = key is not None and strength > 0
-    if flipping:
+    flipping = key is not None and (strength > 0 or strengths is not None)
+    if flipping and strengths is not None:
+        strengths = jnp.asarray(strengths, jnp.float32).reshape(K)
+        flip_keys = jax.random.split(key, K)
+    elif flipping:
         kstr, kflip = jax.random.split(key)
         n = int(round(100 * strength)) + 1
         strengths = jax.random.randint(kstr, (K,), 0, n).astype(jnp.float32) * 0.01

@@ -1,0 +1,270 @@
+"""Scale-by-scale autoregressive sampling with a KV cache and classifier-free guidance.
+
+For each scale k of the schedule (h_k x w_k tokens starting at offset o_k):
+  1. the tokens of scale k (start token for k = 0, else ``word_embed`` of the resampled running
+     code sum) get ``lvl_embed[k]`` and go through every block; each self-attention writes its
+     keys/values into a cache allocated once for the whole sequence and attends to the cache
+     prefix [0, o_k + h_k w_k) (so no mask is needed);
+  2. the AdaLN head gives raw logits (2B, h_k w_k, 2d) (conditional rows first);
+  3. logits / tau_k, then guidance ``cfg_k * cond + (1 - cfg_k) * uncond``;
+  4. per bit: top-k / top-p over the two classes, then a draw with each image's own key
+     (or greedy, or replayed bits);
+  5. codes = (2 bits - 1)/sqrt(d); the running sum on the final grid grows by the bilinear
+     upsampled codes and is resized to the next grid for the next scale's input.
+
+Each scale is one ``jax.jit`` program, compiled once per (schedule, batch size, settings) and
+reused; guidance and temperature are traced values, so changing them does not recompile.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from infinity_jax.schedules import scale_offsets
+from infinity_jax.tokenizer.quantizer import bits_to_codes
+from infinity_jax.tokenizer.resample import bilinear_resize
+from infinity_jax.transformer.model import Infinity, TextCondition
+from infinity_jax.transformer.rope import rope_cos_sin
+from infinity_jax.transformer.self_correction import pixel_shuffle, pixel_unshuffle, vae_schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Settings of one sampling run.
+
+    cfg, tau: a float for every scale or a per-scale sequence. top_k: 0 = off, 1 = greedy.
+    top_p: 0 = off, else keep the smallest set of classes with mass >= top_p. greedy: argmax.
+    cfg_insertion_layer: 0 = guidance on logits (official default); -n = on hidden states
+    after block depth-n.
+    """
+
+    cfg: float | Sequence[float] = 3.0
+    tau: float | Sequence[float] = 1.0
+    top_k: int = 900
+    top_p: float = 0.97
+    greedy: bool = False
+    cfg_insertion_layer: int = 0
+
+    def per_scale(self, value, K: int) -> np.ndarray:
+        v = np.asarray(value, np.float32).reshape(-1)
+        if v.size == 1:
+            return np.full(K, v[0], np.float32)
+        if v.size < K:
+            raise ValueError(f"per-scale list has {v.size} values for {K} scales")
+        return v[:K]
+
+
+class SampleOutput(NamedTuple):
+    """bits: per scale (B, h, w, d) int32 on the tokenizer grid; summed_codes: (B, H, W, d);
+    head_logits: per scale raw head output (2B or B, h*w, 2d); images: (B, 8H|16H, .., 3) in
+    [-1, 1] when a tokenizer was given; previews: per scale decoded images if requested."""
+
+    bits: list
+    summed_codes: jax.Array
+    head_logits: list
+    images: jax.Array | None
+    previews: list | None
+
+
+def sample_bits(logits: jax.Array, key: jax.Array | None, *, top_k: int, top_p: float, greedy: bool) -> jax.Array:
+    """Draw bits from guided logits (B, n, 2d) -> (B, n, d) int32, one key per image (B, 2)."""
+    lg = logits.reshape(*logits.shape[:-1], -1, 2).astype(jnp.float32)
+    l0, l1 = lg[..., 0], lg[..., 1]
+    if greedy or top_k == 1:
+        return (l1 > l0).astype(jnp.int32)
+    p1 = jax.nn.sigmoid(l1 - l0)
+    if top_p > 0:
+        # Sorted ascending, a class whose cumulative mass <= 1 - top_p is removed (the top one never).
+        pmin = jnp.minimum(p1, 1 - p1)
+        det = pmin <= (1 - top_p)
+        p1 = jnp.where(det, (l1 > l0).astype(jnp.float32), p1)
+    u = jax.vmap(lambda k: jax.random.uniform(k, lg.shape[1:-1]))(key)
+    return (u < p1).astype(jnp.int32)
+
+
+class Sampler:
+    """KV-cache sampler around an :class:`Infinity` model and (optionally) a tokenizer.
+
+    ``tokenizer`` needs ``decode(codes (B,H,W,d)) -> images (B,H',W',3)``.
+    """
+
+    def __init__(self, model: Infinity, tokenizer=None, *, cache_dtype=None):
+        self.model = model
+        self.cfg = model.cfg
+        self.tokenizer = tokenizer
+        self.graphdef, self.state = nnx.split(model)
+        self.cache_dtype = jnp.dtype(cache_dtype or self.cfg.dtype)
+        self._compiled: dict = {}
+        self.compile_seconds = 0.0
+
+    # -------------------------------------------------------------- jitted pieces
+    def _prepare_fn(self, use_cfg: bool):
+        key = ("prepare", use_cfg)
+        if key not in self._compiled:
+            graphdef = self.graphdef
+
+            def prepare(state, text, mask, neg_text, neg_mask):
+                model = nnx.merge(graphdef, state)
+                if use_cfg:
+                    if neg_text is None:
+                        neg_text, neg_mask = model.null_text(mask), mask
+                    T = max(text.shape[1], neg_text.shape[1])
+                    pad = lambda a, m: (jnp.pad(a, ((0, 0), (0, T - a.shape[1]), (0, 0))),
+                                        jnp.pad(m, ((0, 0), (0, T - m.shape[1]))))
+                    (text, mask), (neg_text, neg_mask) = pad(text, mask), pad(neg_text, neg_mask)
+                    text = jnp.concatenate([text, neg_text], 0)
+                    mask = jnp.concatenate([mask, neg_mask], 0)
+                tc = model.text_condition(text.astype(jnp.float32), mask)
+                return tc, model.start_tokens(tc.cond)
+
+            self._compiled[key] = jax.jit(prepare)
+        return self._compiled[key]
+
+    def _step_fn(self, k: int, scales: tuple, B: int, use_cfg: bool, top_k: int, top_p: float,
+                 greedy: bool, replay: bool, cfg_layer: int):
+        key = ("step", k, scales, B, use_cfg, top_k, top_p, greedy, replay, cfg_layer)
+        if key in self._compiled:
+            return self._compiled[key]
+        graphdef, mcfg = self.graphdef, self.cfg
+        offs = scale_offsets(scales)
+        off, n = offs[k], offs[k + 1] - offs[k]
+        K = len(scales)
+        vs = vae_schedule(scales, mcfg.apply_spatial_patchify)
+        H, W = vs[-1][1:]
+        _, h, w = scales[k]
+        cos_sin_all = rope_cos_sin(mcfg.head_dim, scales)
+        cos_sin = jnp.asarray(cos_sin_all[:, off:off + n])
+        dtype = jnp.dtype(mcfg.dtype)
+
+        def step(state, caches, x, tc: TextCondition, cfg_k, tau_k, keys, replay_bits, summed):
+            model = nnx.merge(graphdef, state)
+            x = x + model.lvl_embed[...][k][None, None]
+            new_caches = list(caches)
+            blocks = list(model.blocks) if not mcfg.scan_blocks else None
+            if mcfg.scan_blocks:
+                bg, bs = nnx.split(model.blocks)
+            for i in range(mcfg.depth):
+                blk = blocks[i] if blocks is not None else nnx.merge(bg, jax.tree.map(lambda a: a[i], bs))
+
+                def write(kk, vv, i=i):
+                    kc = jax.lax.dynamic_update_slice(new_caches[i][0], kk.astype(new_caches[i][0].dtype), (0, off, 0, 0))
+                    vc = jax.lax.dynamic_update_slice(new_caches[i][1], vv.astype(new_caches[i][1].dtype), (0, off, 0, 0))
+                    new_caches[i] = (kc, vc)
+                    return kc[:, :off + n], vc[:, :off + n], None
+
+                x = blk(x, tc.ada, tc.ca_kv, tc.text_mask, cos_sin, None, dtype=dtype, kv_cache=write)
+                if use_cfg and cfg_layer < 0 and i == mcfg.depth + cfg_layer:
+                    mixed = cfg_k * x[:B] + (1 - cfg_k) * x[B:]
+                    x = jnp.concatenate([mixed, mixed], 0)
+            raw, _ = model.logits(x, tc.cond)
+            if use_cfg and cfg_layer == 0:
+                lg = raw / tau_k
+                guided = cfg_k * lg[:B] + (1 - cfg_k) * lg[B:]
+            else:
+                guided = raw[:B] / tau_k
+            if replay:
+                bits = replay_bits
+            else:
+                step_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, k))(keys)
+                tb = sample_bits(guided, step_keys, top_k=top_k, top_p=top_p, greedy=greedy)
+                bits = tb.reshape(B, h, w, -1)
+                if mcfg.apply_spatial_patchify:
+                    bits = pixel_shuffle(bits)
+            codes = bits_to_codes(bits)
+            if k != K - 1:
+                summed = summed + bilinear_resize(codes, (H, W))
+                nxt = bilinear_resize(summed, vs[k + 1][1:])
+                if mcfg.apply_spatial_patchify:
+                    nxt = pixel_unshuffle(nxt)
+                nxt = model.embed_scale_inputs(nxt.reshape(B, -1, nxt.shape[-1]))
+                if use_cfg:
+                    nxt = jnp.concatenate([nxt, nxt], 0)
+            else:
+                summed = summed + codes
+                nxt = None
+            return tuple(new_caches), bits, raw, summed, nxt
+
+        fn = jax.jit(step, donate_argnums=(1,))
+        self._compiled[key] = fn
+        return fn
+
+    # -------------------------------------------------------------- public
+    def generate(self, text: jax.Array, text_mask: jax.Array, scales: Sequence[Sequence[int]], *,
+                 settings: SamplingConfig = SamplingConfig(), seeds: Sequence[int] | jax.Array | None = None,
+                 neg_text: jax.Array | None = None, neg_mask: jax.Array | None = None,
+                 replay_bits: Sequence[jax.Array] | None = None, replay_scales: int | None = None,
+                 decode: bool = True, previews: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> SampleOutput:
+        """Generate B images.
+
+        Args:
+          text, text_mask: (B,T,Ct) caption features and (B,T) mask.
+          scales: the transformer schedule ((1,h,w), ...).
+          settings: guidance, temperature and sampling rule.
+          seeds: one integer per image (or (B,2) keys); default 0..B-1.
+          neg_text, neg_mask: negative prompt features (replace the learned null condition).
+          replay_bits: per scale (B,h,w,d) bits on the tokenizer grid to feed instead of sampling
+            (e.g. a reference image's bits); ``replay_scales`` limits replay to the first n scales.
+          decode: decode the final codes with the tokenizer; previews: also decode after every scale.
+          progress: called as progress(k, K) after each scale.
+        """
+        mcfg = self.cfg
+        scales = tuple((1, int(s[-2]), int(s[-1])) for s in scales)
+        K = len(scales)
+        if K > mcfg.num_levels:
+            raise ValueError(f"schedule has {K} scales; the model supports {mcfg.num_levels}")
+        text = jnp.asarray(text, jnp.float32)
+        text_mask = jnp.asarray(text_mask).astype(bool)
+        B = text.shape[0]
+        if text.shape[-1] != mcfg.text_channels:
+            raise ValueError(f"text features have {text.shape[-1]} channels; the model expects {mcfg.text_channels}")
+        cfgs = settings.per_scale(settings.cfg, K)
+        taus = settings.per_scale(settings.tau, K)
+        use_cfg = bool(np.any(cfgs != 1.0))
+        if seeds is None:
+            seeds = np.arange(B)
+        seeds = jnp.asarray(seeds)
+        keys = jax.vmap(jax.random.PRNGKey)(seeds.astype(jnp.uint32)) if seeds.ndim == 1 else seeds
+        n_replay = 0 if replay_bits is None else (len(replay_bits) if replay_scales is None else min(replay_scales, len(replay_bits)))
+        t0 = time.perf_counter()
+        tc, x = self._prepare_fn(use_cfg)(self.state, text, text_mask,
+                                           None if neg_text is None else jnp.asarray(neg_text, jnp.float32),
+                                           None if neg_mask is None else jnp.asarray(neg_mask).astype(bool))
+        L = scale_offsets(scales)[-1]
+        BB = 2 * B if use_cfg else B
+        caches = tuple((jnp.zeros((BB, L, mcfg.num_heads, mcfg.head_dim), self.cache_dtype),
+                        jnp.zeros((BB, L, mcfg.num_heads, mcfg.head_dim), self.cache_dtype)) for _ in range(mcfg.depth))
+        vs = vae_schedule(scales, mcfg.apply_spatial_patchify)
+        summed = jnp.zeros((B, vs[-1][1], vs[-1][2], mcfg.codebook_dim), jnp.float32)
+        bits_out, logits_out, prev = [], [], [] if previews else None
+        for k in range(K):
+            replay = k < n_replay
+            fn = self._step_fn(k, scales, B, use_cfg, int(settings.top_k), float(settings.top_p),
+                               bool(settings.greedy), replay, int(settings.cfg_insertion_layer))
+            rb = jnp.asarray(replay_bits[k], jnp.int32) if replay else None
+            caches, bits, raw, summed, x = fn(self.state, caches, x, tc, jnp.float32(cfgs[k]), jnp.float32(taus[k]),
+                                              keys, rb, summed)
+            bits_out.append(bits)
+            logits_out.append(raw)
+            if previews and self.tokenizer is not None:
+                prev.append(self.tokenizer.decode(self._preview_codes(bits_out, vs)))
+            if progress is not None:
+                progress(k + 1, K)
+        images = None
+        if decode and self.tokenizer is not None:
+            images = self.tokenizer.decode(summed)
+        return SampleOutput(bits_out, summed, logits_out, images, prev)
+
+    @staticmethod
+    def _preview_codes(bits_list, vs):
+        H, W = vs[-1][1:]
+        s = 0.0
+        for b in bits_list:
+            s = s + bilinear_resize(bits_to_codes(b), (H, W))
+        return s
