@@ -72,20 +72,23 @@ class SampleOutput(NamedTuple):
     previews: list | None
 
 
-def sample_bits(logits: jax.Array, key: jax.Array | None, *, top_k: int, top_p: float, greedy: bool) -> jax.Array:
-    """Draw bits from guided logits (B, n, 2d) -> (B, n, d) int32, one key per image (B, 2)."""
+def sample_bits(logits: jax.Array, key: jax.Array, *, top_k, top_p, greedy) -> jax.Array:
+    """Draw bits from guided logits (B, n, 2d) -> (B, n, d) int32, one key per image (B, 2).
+
+    ``top_k`` (1 = greedy, else no-op for two classes), ``top_p`` (0 = off) and ``greedy`` may be
+    traced values, so one compiled program serves every sampling rule.
+    """
     lg = logits.reshape(*logits.shape[:-1], -1, 2).astype(jnp.float32)
     l0, l1 = lg[..., 0], lg[..., 1]
-    if greedy or top_k == 1:
-        return (l1 > l0).astype(jnp.int32)
+    argmax = (l1 > l0).astype(jnp.int32)
     p1 = jax.nn.sigmoid(l1 - l0)
-    if top_p > 0:
-        # Sorted ascending, a class whose cumulative mass <= 1 - top_p is removed (the top one never).
-        pmin = jnp.minimum(p1, 1 - p1)
-        det = pmin <= (1 - top_p)
-        p1 = jnp.where(det, (l1 > l0).astype(jnp.float32), p1)
+    # top-p: sorted ascending, a class whose cumulative mass <= 1 - top_p is removed (never the top one)
+    pmin = jnp.minimum(p1, 1 - p1)
+    det = (top_p > 0) & (pmin <= (1 - top_p))
+    p1 = jnp.where(det, argmax.astype(jnp.float32), p1)
     u = jax.vmap(lambda k: jax.random.uniform(k, lg.shape[1:-1]))(key)
-    return (u < p1).astype(jnp.int32)
+    drawn = (u < p1).astype(jnp.int32)
+    return jnp.where(greedy | (top_k == 1), argmax, drawn)
 
 
 class Sampler:
@@ -126,9 +129,8 @@ class Sampler:
             self._compiled[key] = jax.jit(prepare)
         return self._compiled[key]
 
-    def _step_fn(self, k: int, scales: tuple, B: int, use_cfg: bool, top_k: int, top_p: float,
-                 greedy: bool, replay: bool, cfg_layer: int):
-        key = ("step", k, scales, B, use_cfg, top_k, top_p, greedy, replay, cfg_layer)
+    def _step_fn(self, k: int, scales: tuple, B: int, use_cfg: bool, cfg_layer: int):
+        key = ("step", k, scales, B, use_cfg, cfg_layer)
         if key in self._compiled:
             return self._compiled[key]
         graphdef, mcfg = self.graphdef, self.cfg
@@ -142,7 +144,7 @@ class Sampler:
         cos_sin = jnp.asarray(cos_sin_all[:, off:off + n])
         dtype = jnp.dtype(mcfg.dtype)
 
-        def step(state, caches, x, tc: TextCondition, cfg_k, tau_k, keys, replay_bits, summed):
+        def step(state, caches, x, tc: TextCondition, cfg_k, tau_k, rule, keys, replay, replay_bits, summed):
             model = nnx.merge(graphdef, state)
             x = x + model.lvl_embed[...][k][None, None]
             new_caches = list(caches)
@@ -168,14 +170,12 @@ class Sampler:
                 guided = cfg_k * lg[:B] + (1 - cfg_k) * lg[B:]
             else:
                 guided = raw[:B] / tau_k
-            if replay:
-                bits = replay_bits
-            else:
-                step_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, k))(keys)
-                tb = sample_bits(guided, step_keys, top_k=top_k, top_p=top_p, greedy=greedy)
-                bits = tb.reshape(B, h, w, -1)
-                if mcfg.apply_spatial_patchify:
-                    bits = pixel_shuffle(bits)
+            step_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, k))(keys)
+            top_k, top_p, greedy = rule
+            bits = sample_bits(guided, step_keys, top_k=top_k, top_p=top_p, greedy=greedy).reshape(B, h, w, -1)
+            if mcfg.apply_spatial_patchify:
+                bits = pixel_shuffle(bits)
+            bits = jnp.where(replay, replay_bits, bits)
             codes = bits_to_codes(bits)
             if k != K - 1:
                 summed = summed + bilinear_resize(codes, (H, W))
@@ -243,13 +243,18 @@ class Sampler:
         vs = vae_schedule(scales, mcfg.apply_spatial_patchify)
         summed = jnp.zeros((B, vs[-1][1], vs[-1][2], mcfg.codebook_dim), jnp.float32)
         bits_out, logits_out, prev = [], [], [] if previews else None
+        rule = (jnp.int32(settings.top_k), jnp.float32(settings.top_p), jnp.bool_(settings.greedy))
         for k in range(K):
             replay = k < n_replay
-            fn = self._step_fn(k, scales, B, use_cfg, int(settings.top_k), float(settings.top_p),
-                               bool(settings.greedy), replay, int(settings.cfg_insertion_layer))
-            rb = jnp.asarray(replay_bits[k], jnp.int32) if replay else None
+            fn = self._step_fn(k, scales, B, use_cfg, int(settings.cfg_insertion_layer))
+            grid = vs[k][1:]
+            rb = (jnp.asarray(replay_bits[k], jnp.int32) if replay
+                  else jnp.zeros((B, grid[0], grid[1], mcfg.codebook_dim), jnp.int32))
+            if rb.shape != (B, grid[0], grid[1], mcfg.codebook_dim):
+                raise ValueError(f"replayed bits of scale {k} have shape {rb.shape}; expected "
+                                 f"{(B, grid[0], grid[1], mcfg.codebook_dim)}")
             caches, bits, raw, summed, x = fn(self.state, caches, x, tc, jnp.float32(cfgs[k]), jnp.float32(taus[k]),
-                                              keys, rb, summed)
+                                              rule, keys, jnp.bool_(replay), rb, summed)
             bits_out.append(bits)
             logits_out.append(raw)
             if previews and self.tokenizer is not None:
