@@ -23,6 +23,9 @@ setup(
         "pillow",
         "safetensors",
         "tqdm",
+        "regex",
+        "protobuf",
+        "array-record",
     ],
     extras_require={
         "torch": ["torch>=2.5"],
