@@ -62,7 +62,7 @@ class InfinityConfig:
     @property
     def pool_heads(self) -> int:
         """Heads of the attentive text pool: text_channels / (128, or 64 when C > 4096)."""
-        return self.text_channels // (64 if self.embed_dim > 4096 else 128)
+        return max(1, self.text_channels // (64 if self.embed_dim > 4096 else 128))
 
     def replace(self, **kw) -> "InfinityConfig":
         return dataclasses.replace(self, **kw)
