@@ -125,3 +125,72 @@ def check_keys(what: str, state: Mapping[str, np.ndarray], expected: Mapping[str
                         if tuple(state[k].shape) != tuple(expected[k]))
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(what, missing, unexpected, mismatched)
+
+
+class LazyTensor:
+    """A checkpoint tensor read only when converted with ``np.asarray`` (``shape`` is free)."""
+
+    def __init__(self, shape, read):
+        self.shape = tuple(int(s) for s in shape)
+        self._read = read
+
+    def __array__(self, dtype=None, copy=None):
+        a = _to_numpy(self._read())
+        return a.astype(dtype) if dtype is not None else a
+
+
+def open_state_dict(path: str | os.PathLike) -> dict:
+    """Like :func:`load_state_dict` but tensors are read one at a time on access.
+
+    ``.safetensors`` (and folders of shards) are read per tensor; ``.pth`` files are memory-mapped
+    (``torch.load(mmap=True)``); ``.npz`` members are read on access. Use this to convert large
+    checkpoints without holding them whole in memory.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        index = sorted(path.glob("*.safetensors.index.json"))
+        files = (sorted({path / f for f in json.loads(index[0].read_text())["weight_map"].values()})
+                 if index else sorted(path.glob("*.safetensors")))
+        if not files:
+            raise FileNotFoundError(f"no .safetensors files in {path}")
+        out: dict = {}
+        for f in files:
+            out.update(open_state_dict(f))
+        return out
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import safe_open  # noqa: PLC0415
+
+        out = {}
+        with safe_open(str(path), framework="np") as f:
+            keys = list(f.keys())
+            shapes = {k: f.get_slice(k).get_shape() for k in keys}
+
+        def reader(k):
+            def read():
+                try:
+                    with safe_open(str(path), framework="np") as g:
+                        return g.get_tensor(k)
+                except Exception:  # bf16: numpy cannot hold it
+                    with safe_open(str(path), framework="pt") as g:
+                        return g.get_tensor(k)
+            return read
+
+        return {k: LazyTensor(shapes[k], reader(k)) for k in keys}
+    if suffix == ".npz":
+        data = np.load(path, mmap_mode="r")
+        return {k: LazyTensor(data[k].shape, (lambda k=k: data[k])) for k in data.files}
+    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        try:
+            import torch  # noqa: PLC0415
+        except ImportError as e:
+            raise ImportError("reading .pth files needs PyTorch: pip install 'infinity-jax[torch]'") from e
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)
+        except Exception:  # old (non-zip) format cannot be memory-mapped
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        obj = _unwrap(obj)
+        return {k: LazyTensor(v.shape, (lambda v=v: v)) for k, v in obj.items() if hasattr(v, "shape")}
+    raise ValueError(f"unsupported checkpoint format {path.suffix!r} ({path}); use .pth, .safetensors or .npz")

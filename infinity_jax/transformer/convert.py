@@ -136,12 +136,15 @@ def expected_official_shapes(model: Infinity) -> dict[str, tuple]:
 
 
 def load_official(model: Infinity, state: Mapping[str, np.ndarray] | str, *, dtype=jnp.float32,
-                  text_maxlen_adapt: bool = False) -> Infinity:
+                  text_maxlen_adapt: bool = False, shardings: Mapping | None = None) -> Infinity:
     """Copy an official state_dict into ``model`` in place (strict) and return it.
 
     The checkpoint's block-chunk naming may differ from ``model.cfg.block_chunks``; it is
     detected from the keys. ``text_maxlen_adapt`` pads/truncates ``cfg_uncond`` rows to the
-    model's text_maxlen as the official loader does.
+    model's text_maxlen as the official loader does. ``state`` may hold lazily read tensors
+    (:func:`infinity_jax.state_dict.open_state_dict`): each parameter is then read and placed
+    on its devices one tensor at a time; with ``shardings`` (flat NNX path -> Sharding) each
+    device receives only its shard, so a large model is never whole on one device.
     """
     if not isinstance(state, Mapping):
         state = load_state_dict(state)
@@ -153,22 +156,34 @@ def load_official(model: Infinity, state: Mapping[str, np.ndarray] | str, *, dty
         model.cfg = cfg = cfg.replace(block_chunks=chunks)
     state = dict(state)
     if text_maxlen_adapt and "cfg_uncond" in state:
-        u = state["cfg_uncond"]
+        u = np.asarray(state["cfg_uncond"])
         n = cfg.text_maxlen
         state["cfg_uncond"] = u[:n] if u.shape[0] >= n else np.concatenate([u, np.zeros((n - u.shape[0], u.shape[1]), u.dtype)])
     rows = _param_table(model)
     check_keys("transformer checkpoint", state, {k: _official_shape(kind, s) for _, _, k, kind, s in rows},
                ignore=[k for k in state if _BUFFER_RE.search(k)])
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    stacked: dict[tuple, list] = {}
+    grouped: dict[tuple, list] = {}
     for path, b, key, kind, shape in rows:
-        a = _from_official(kind, np.asarray(state[key], np.float32), shape)
-        if b is None:
-            flat[path].set_value(jnp.asarray(a, dtype))
+        grouped.setdefault(path, []).append((b, key, kind, shape))
+    for path, parts in grouped.items():
+        def read(key, kind, shape):
+            return _from_official(kind, np.asarray(state[key], np.float32), shape)
+
+        if parts[0][0] is None:
+            _, key, kind, shape = parts[0]
+            gshape = tuple(shape)
+            fetch = lambda idx, key=key, kind=kind, shape=shape: read(key, kind, shape)[idx]
         else:
-            stacked.setdefault(path, [None] * cfg.depth)[b] = a
-    for path, parts in stacked.items():
-        flat[path].set_value(jnp.asarray(np.stack(parts), dtype))
+            parts = sorted(parts, key=lambda p: p[0])
+            gshape = (len(parts),) + tuple(parts[0][3])
+
+            def fetch(idx, parts=parts):
+                layers = range(len(parts))[idx[0]] if idx else range(len(parts))
+                return np.stack([read(*parts[b][1:])[tuple(idx[1:])] for b in layers])
+        sharding = (shardings or {}).get(path) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        arr = jax.make_array_from_callback(gshape, sharding, lambda idx, f=fetch: np.asarray(f(idx), np.float32))
+        flat[path].set_value(arr.astype(dtype))
     return model
 
 
@@ -191,11 +206,20 @@ def export_official(model: Infinity) -> dict[str, np.ndarray]:
     return out
 
 
-def load(path_or_state, cfg: InfinityConfig, *, dtype=jnp.float32, seed: int = 0) -> Infinity:
-    """Build an :class:`Infinity` for ``cfg`` (abstractly) and fill it from an official checkpoint."""
-    model = nnx.eval_shape(lambda: Infinity(cfg, rngs=nnx.Rngs(seed)))
-    # eval_shape gives ShapeDtypeStructs; materialise zeros then overwrite every parameter.
-    graphdef, st = nnx.split(model)
-    st = jax.tree.map(lambda s: jnp.zeros(s.shape, dtype) if hasattr(s, "shape") else s, st)
-    model = nnx.merge(graphdef, st)
-    return load_official(model, path_or_state, dtype=dtype)
+def load(path_or_state, cfg: InfinityConfig, *, dtype=jnp.float32, mesh=None, lazy: bool = True) -> Infinity:
+    """Build an :class:`Infinity` for ``cfg`` and fill it from an official checkpoint.
+
+    The model is created abstractly (no random init); with ``mesh`` every parameter goes
+    straight into its NamedSharding from the logical-axis rules.
+    """
+    from infinity_jax.sharding import state_shardings  # noqa: PLC0415
+    from infinity_jax.state_dict import open_state_dict  # noqa: PLC0415
+
+    if not isinstance(path_or_state, Mapping):
+        path_or_state = open_state_dict(path_or_state) if lazy else load_state_dict(path_or_state)
+    model = nnx.eval_shape(lambda: Infinity(cfg, rngs=nnx.Rngs(0)))  # ShapeDtypeStruct leaves
+    shardings = None
+    if mesh is not None:
+        sh = state_shardings(nnx.state(model, nnx.Param), mesh)
+        shardings = {p: v.get_value() for p, v in nnx.to_flat_state(sh)}
+    return load_official(model, path_or_state, dtype=dtype, shardings=shardings)

@@ -93,3 +93,25 @@ def test_bf16_load():
     sd = export_official(Infinity(_tiny(), rngs=nnx.Rngs(0)))
     m = load(sd, _tiny(), dtype=jnp.bfloat16)
     assert m.head.kernel[...].dtype == jnp.bfloat16
+
+
+def test_load_straight_into_shardings(tmp_path):
+    """Converting onto an 8-device fsdp mesh places each parameter sharded, with the same outputs."""
+    import jax
+    from safetensors.numpy import save_file
+
+    from infinity_jax.sharding import make_mesh
+
+    cfg = InfinityConfig(depth=2, embed_dim=64, num_heads=2, codebook_dim=8, text_channels=128, text_maxlen=16,
+                         block_chunks=2)
+    src = Infinity(cfg, rngs=nnx.Rngs(3))
+    save_file(export_official(src), str(tmp_path / "model.safetensors"))
+    mesh = make_mesh({"fsdp": 8}, jax.devices()[:8])
+    m = load(str(tmp_path / "model.safetensors"), cfg.replace(scan_blocks=True), mesh=mesh)
+    k = m.blocks.ffn.fc1.kernel[...]
+    assert k.sharding.spec[1] == "fsdp" and k.addressable_shards[0].data.shape == (2, 8, 256)
+    text = jnp.asarray(np.random.default_rng(0).normal(size=(1, 3, 128)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 4, 8)), jnp.float32)
+    mask = jnp.ones((1, 3), bool)
+    np.testing.assert_allclose(np.asarray(m(text, mask, x, [(1, 1, 1), (1, 2, 2)])),
+                               np.asarray(src(text, mask, x, [(1, 1, 1), (1, 2, 2)])), atol=1e-5)
