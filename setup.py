@@ -24,6 +24,7 @@ setup(
         "safetensors",
         "tqdm",
         "regex",
+        "scipy",
         "protobuf",
         "array-record",
     ],

@@ -1,0 +1,112 @@
+r"""Convert official Infinity checkpoints into an infinity-jax checkpoint folder.
+
+  python -m infinity_jax.convert --size 2b --transformer infinity_2b_reg.pth \
+      --vae infinity_vae_d32reg.pth --t5 flan-t5-xl/ --out ckpt/infinity-2b
+  python -m infinity_jax.convert --size 8b --transformer infinity_8b_weights/ \
+      --vae infinity_vae_d56_f8_14_patchify.pth --mesh fsdp=-1 --out ckpt/infinity-8b
+
+Every key is checked (missing, unexpected and mis-shaped keys are listed by name). Tensors are
+read one at a time and placed straight into their shardings (``--mesh``), so an 8B or 20B model
+is never whole on one device. ``--official_config`` takes a JSON file with the official
+constructor arguments instead of ``--size`` (e.g. a fixture's manifest.json).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+
+from absl import app, flags
+
+_SIZE = flags.DEFINE_string("size", None, "Official model size: layer12..layer48, 2b, 8b, 20b.")
+_OFFICIAL = flags.DEFINE_string("official_config", None, "JSON with official constructor args (or a fixture manifest).")
+_TRANSFORMER = flags.DEFINE_string("transformer", None, "Official transformer weights (.pth, .safetensors, folder, .npz).")
+_VAE = flags.DEFINE_string("vae", None, "Official VAE weights (.pth, .safetensors, .npz).")
+_T5 = flags.DEFINE_string("t5", None, "Optional Hugging Face Flan-T5 folder to bundle as the text encoder.")
+_OUT = flags.DEFINE_string("out", None, "Output checkpoint folder.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype.")
+_MESH = flags.DEFINE_string("mesh", None, "Mesh for loading, e.g. 'fsdp=-1' or 'data=1,fsdp=4,tensor=2'.")
+_CFG = flags.DEFINE_float("cfg", 3.0, "Default guidance scale stored with the checkpoint.")
+_TAU = flags.DEFINE_float("tau", 0.5, "Default temperature stored with the checkpoint.")
+
+
+def _parse_mesh(spec: str | None):
+    if not spec:
+        return None
+    from infinity_jax.sharding import make_mesh  # noqa: PLC0415
+
+    shape = {}
+    for part in spec.split(","):
+        k, _, v = part.partition("=")
+        shape[k.strip()] = int(v)
+    return make_mesh(shape)
+
+
+def convert(*, transformer_path, vae_path, out, size=None, official_config=None, t5=None, dtype="float32",
+            mesh=None, sampling=None, log=print) -> pathlib.Path:
+    """Library form of the command; returns the output folder."""
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from infinity_jax import bundle  # noqa: PLC0415
+    from infinity_jax.state_dict import open_state_dict  # noqa: PLC0415
+    from infinity_jax.tokenizer.convert import from_official as vae_from_official  # noqa: PLC0415
+    from infinity_jax.tokenizer.convert import infer_config  # noqa: PLC0415
+    from infinity_jax.tokenizer.vae import VAEConfig  # noqa: PLC0415
+    from infinity_jax.transformer.config import InfinityConfig, size_config  # noqa: PLC0415
+    from infinity_jax.transformer.convert import load as load_transformer  # noqa: PLC0415
+
+    if (size is None) == (official_config is None):
+        raise ValueError("give exactly one of --size and --official_config")
+    vae_cfg = None
+    if size is not None:
+        tcfg = size_config(size)
+    else:
+        raw = json.loads(pathlib.Path(official_config).read_text())
+        conf = raw.get("config", raw)
+        tcfg = InfinityConfig.from_official(conf.get("infinity", conf))
+        if "vae" in conf:
+            vae_cfg = VAEConfig.from_official(conf["vae"])
+    tcfg = tcfg.replace(scan_blocks=True, dtype="float32")
+    t0 = time.perf_counter()
+    log(f"reading transformer weights {transformer_path}")
+    model = load_transformer(open_state_dict(transformer_path), tcfg, dtype=jnp.dtype(dtype), mesh=mesh)
+    log(f"  {sum(v.size for v in __import__('jax').tree.leaves(__import__('flax').nnx.state(model))):,} parameters "
+        f"checked and loaded in {time.perf_counter() - t0:.1f} s")
+    log(f"reading tokenizer weights {vae_path}")
+    from infinity_jax.state_dict import load_state_dict  # noqa: PLC0415
+
+    vstate = load_state_dict(vae_path)
+    if vae_cfg is None:
+        vae_cfg = infer_config(vstate, apply_spatial_patchify=tcfg.apply_spatial_patchify)
+    if vae_cfg.codebook_dim != tcfg.codebook_dim:
+        raise ValueError(f"the VAE has {vae_cfg.codebook_dim} bits per token but the transformer expects "
+                         f"{tcfg.codebook_dim}: wrong VAE file for this model size?")
+    vae = vae_from_official(vstate, vae_cfg)
+    out = bundle.save(out, model, vae, text_encoder_folder=t5, sampling=sampling or {})
+    log(f"wrote {out}")
+    return out
+
+
+def main(argv):
+    del argv
+    for name, flag in (("--transformer", _TRANSFORMER), ("--vae", _VAE), ("--out", _OUT)):
+        if not flag.value:
+            sys.exit(f"error: {name} is required (see --help)")
+    for path in (_TRANSFORMER.value, _VAE.value, _T5.value):
+        if path and not pathlib.Path(path).exists():
+            sys.exit(f"error: {path} does not exist")
+    from infinity_jax.state_dict import CheckpointMismatchError  # noqa: PLC0415
+
+    try:
+        convert(transformer_path=_TRANSFORMER.value, vae_path=_VAE.value, out=_OUT.value, size=_SIZE.value,
+                official_config=_OFFICIAL.value, t5=_T5.value, dtype=_DTYPE.value, mesh=_parse_mesh(_MESH.value),
+                sampling={"cfg": _CFG.value, "tau": _TAU.value, "top_k": 900, "top_p": 0.97})
+    except CheckpointMismatchError as e:
+        sys.exit(f"error: {e}")
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,130 @@
+r"""Generate images from text with an infinity-jax checkpoint.
+
+  python -m infinity_jax.generate --ckpt ckpt/infinity-2b --prompt "an astronaut riding a horse" \
+      --aspect 16:9 --resolution 1M --cfg 3 --tau 0.5 --seed 1 --out out/astronaut.png
+  python -m infinity_jax.generate --ckpt ckpt --prompts_file prompts.txt --batch 4 --save_scales --out out/
+
+``--aspect`` is width:height (16:9) or h/w (0.5625); ``--resolution`` is 0.06M, 0.25M, 0.60M, 1M
+or a square side (256, 512, 768, 1024). Without a text encoder in the checkpoint, give
+precomputed caption features with ``--text_features FILE.npz`` (arrays ``features``, ``mask``).
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+
+from absl import app, flags
+
+_CKPT = flags.DEFINE_string("ckpt", None, "Checkpoint folder (from infinity_jax.convert or the trainer).")
+_PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeatable).")
+_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "Text file with one prompt per line.")
+_TEXT_FEATURES = flags.DEFINE_string("text_features", None, ".npz with precomputed 'features' (B,T,C) and 'mask' (B,T).")
+_NEGATIVE = flags.DEFINE_string("negative_prompt", None, "Negative prompt (replaces the learned null condition).")
+_ASPECT = flags.DEFINE_string("aspect", "1:1", "Aspect ratio, width:height (16:9) or h/w (0.5625).")
+_RES = flags.DEFINE_string("resolution", None, "0.06M, 0.25M, 0.60M, 1M, or 256/512/768/1024 (default: the checkpoint's).")
+_CFG = flags.DEFINE_string("cfg", None, "Guidance scale, or a comma list with one value per scale.")
+_TAU = flags.DEFINE_float("tau", None, "Temperature.")
+_TOPK = flags.DEFINE_integer("top_k", None, "Top-k per bit (1 = greedy).")
+_TOPP = flags.DEFINE_float("top_p", None, "Top-p per bit (0 = off).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the first image; image i uses seed + i.")
+_BATCH = flags.DEFINE_integer("batch", 1, "Images per sampling call.")
+_OUT = flags.DEFINE_string("out", "out", "Output PNG path (one prompt) or folder.")
+_SAVE_SCALES = flags.DEFINE_bool("save_scales", False, "Also save the decoded image after every scale as a strip.")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype of the transformer blocks.")
+
+
+def read_prompts(prompt_flags, prompts_file) -> list[str]:
+    prompts = list(prompt_flags)
+    if prompts_file:
+        path = pathlib.Path(prompts_file)
+        if not path.exists():
+            raise ValueError(f"prompts file {path} does not exist")
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        lines = [ln for ln in lines if ln and not ln.startswith("#")]
+        if not lines:
+            raise ValueError(f"prompts file {path} has no prompts")
+        prompts += lines
+    return prompts
+
+
+def main(argv):
+    del argv
+    from infinity_jax import schedules  # noqa: PLC0415
+    from infinity_jax.bundle import BundleError  # noqa: PLC0415
+    from infinity_jax.state_dict import CheckpointMismatchError  # noqa: PLC0415
+
+    if not _CKPT.value:
+        sys.exit("error: --ckpt is required")
+    try:
+        prompts = read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
+        if not prompts and not _TEXT_FEATURES.value:
+            sys.exit("error: give --prompt, --prompts_file or --text_features")
+        # check the requested shape before loading anything heavy
+        schedules.parse_aspect_ratio(_ASPECT.value)
+        if _RES.value and not _RES.value.isdigit() and _RES.value not in schedules.PN_TO_NUM_SCALES:
+            raise schedules.ScheduleError(f"unknown resolution {_RES.value!r}; choose one of "
+                                          f"{', '.join(schedules.PN_TO_NUM_SCALES)} or 256/512/768/1024")
+    except (ValueError, schedules.ScheduleError) as e:
+        sys.exit(f"error: {e}")
+
+    import numpy as np  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from infinity_jax.sampling.pipeline import Pipeline, PromptError, strip  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    try:
+        pipe = Pipeline.from_checkpoint(_CKPT.value, dtype=_DTYPE.value)
+    except (BundleError, CheckpointMismatchError) as e:
+        sys.exit(f"error: {e}")
+    print(f"loaded {_CKPT.value} in {time.perf_counter() - t0:.1f} s")
+    feats = mask = None
+    if _TEXT_FEATURES.value:
+        data = np.load(_TEXT_FEATURES.value)
+        feats, mask = data["features"], data["mask"] if "mask" in data else None
+        prompts = [f"features[{i}]" for i in range(feats.shape[0])]
+    cfg = None
+    if _CFG.value:
+        vals = [float(v) for v in _CFG.value.split(",")]
+        cfg = vals[0] if len(vals) == 1 else vals
+    try:
+        sched = pipe.schedule_for(_ASPECT.value, _RES.value)
+    except schedules.ScheduleError as e:
+        sys.exit(f"error: {e}\nsupported templates (h/w): {', '.join(str(t) for t in schedules.H_DIV_W_TEMPLATES)}")
+    out = pathlib.Path(_OUT.value)
+    single = len(prompts) == 1 and out.suffix.lower() == ".png"
+    (out.parent if single else out).mkdir(parents=True, exist_ok=True)
+    n = len(prompts)
+    bar = tqdm(total=n * len(sched), desc="sampling", unit="scale", disable=None)
+    times = []
+    for start in range(0, n, _BATCH.value):
+        idx = list(range(start, min(n, start + _BATCH.value)))
+        kw = dict(aspect=_ASPECT.value, resolution=_RES.value, cfg=cfg, tau=_TAU.value, top_k=_TOPK.value,
+                  top_p=_TOPP.value, seed=_SEED.value + start, save_scales=_SAVE_SCALES.value,
+                  negative_prompt=_NEGATIVE.value, progress=lambda k, K: bar.update(len(idx)))
+        try:
+            if feats is not None:
+                res = pipe(text_features=feats[idx], text_mask=None if mask is None else mask[idx], **kw)
+            else:
+                res = pipe([prompts[i] for i in idx], **kw)
+        except (PromptError, ValueError) as e:
+            sys.exit(f"error: {e}")
+        times.append((res.seconds, res.compile_seconds, len(idx)))
+        for j, i in enumerate(idx):
+            path = out if single else out / f"{i:04d}.png"
+            res.images[j].save(path)
+            if res.previews is not None:
+                strip(res.previews[j]).save(path.with_name(path.stem + "_scales.png"))
+            bar.write(f"{path}  <- {prompts[i]!r}")
+    bar.close()
+    warm = [(s, b) for s, c, b in times if c == 0]
+    h, w = sched[-1][-2:]
+    msg = f"{n} image(s), {len(sched)} scales, token grid {h}x{w}"
+    if warm:
+        msg += f"; {sum(s for s, _ in warm) / sum(b for _, b in warm):.3f} s per image after compilation"
+    print(msg)
+
+
+if __name__ == "__main__":
+    app.run(main)
