@@ -30,7 +30,7 @@ setup(
     ],
     extras_require={
         "torch": ["torch>=2.5"],
-        "test": ["pytest>=8", "torch>=2.5", "transformers>=4.40"],
+        "test": ["pytest>=8", "torch>=2.5", "transformers>=4.40", "nbclient", "nbformat", "ipykernel"],
     },
     entry_points={},
 )
