@@ -84,3 +84,29 @@ def test_same_seed_same_bits_and_batch_independence(setup):
         np.testing.assert_allclose(np.asarray(alone.head_logits[k][1]), np.asarray(a.head_logits[k][2]), atol=1e-4)
         np.testing.assert_array_equal(np.asarray(alone.bits[k][0]), np.asarray(a.bits[k][0]), err_msg=f"scale {k}")
     assert total > 0
+
+
+def test_bf16_and_hidden_state_guidance(setup, official_tiny):
+    """bf16 blocks stay close to fp32; guidance after the last block differs from guidance on logits."""
+    from infinity_jax.transformer.config import InfinityConfig
+    from infinity_jax.transformer.convert import load
+
+    manifest, inputs, g, sampler, sched = setup
+    run = "replay_vae_bits"
+    replay = _golden_bits(g, run, len(sched))
+    cfg = InfinityConfig.from_official(manifest["config"]["infinity"], dtype="bfloat16")
+    bf16 = Sampler(load(str(official_tiny / "weights_infinity.npz"), cfg))
+    out = bf16.generate(inputs["text_features"], inputs["text_mask"], sched, settings=_settings(manifest, run),
+                        replay_bits=replay, decode=False)
+    err = max(float(np.abs(np.asarray(out.head_logits[k]) - g[f"{run}/head_logits_scale{k:02d}"]).max())
+              for k in range(len(sched)))
+    scale = max(float(np.abs(g[f"{run}/head_logits_scale{k:02d}"]).max()) for k in range(len(sched)))
+    print(f"bf16 max logit error {err:.3g} (logits up to {scale:.3g})")
+    assert err < 0.05 * scale
+    st = SamplingConfig(cfg=4.0, tau=0.5, top_k=1, top_p=0.0, cfg_insertion_layer=-1)
+    hid = sampler.generate(inputs["text_features"], inputs["text_mask"], sched, settings=st, replay_bits=replay,
+                           decode=False)
+    # the conditional rows' head now sees the guided hidden state, not the plain conditional one
+    mixed = np.asarray(hid.head_logits[0][:2])
+    plain = g[f"{run}/head_logits_scale00"][:2]
+    assert np.abs(mixed - plain).max() > 1e-3
