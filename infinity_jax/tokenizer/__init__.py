@@ -1,1 +1,43 @@
+"""BSQ-VAE tokenizer: CNN encoder/decoder, multi-scale bitwise quantizer, official weight converter.
 
+Public API (channels-last throughout; images NHWC in [-1, 1]):
+
+* :class:`VAEConfig`, :class:`BSQVAE` (alias :data:`Model`), :func:`load` -- the model.
+* :func:`jit_encode`, :func:`jit_decode`, :func:`jit_decode_bits` -- compiled entry points.
+* :func:`patchify` / :func:`unpatchify` -- 2x2 token packing of the 8B (spatial patchify) tokenizer.
+* :mod:`~infinity_jax.tokenizer.quantizer` -- BSQ and the multi-scale residual quantizer.
+* :mod:`~infinity_jax.tokenizer.convert` -- official state_dict <-> NNX.
+"""
+from infinity_jax.tokenizer.quantizer import (
+    MultiScaleOutput,
+    bits_to_codes,
+    bsq,
+    codes_from_bits,
+    multiscale_quantize,
+    var_inputs_from_bits,
+)
+from infinity_jax.tokenizer.resample import area_resize, bilinear_resize
+from infinity_jax.tokenizer.vae import (
+    ALLOWED_CODEBOOK_DIMS,
+    BSQVAE,
+    Decoder,
+    Encoder,
+    Model,
+    VAEConfig,
+    default_schedule,
+    init,
+    jit_decode,
+    jit_decode_bits,
+    jit_encode,
+    load,
+    patchify,
+    unpatchify,
+)
+from infinity_jax.tokenizer.convert import from_official, infer_config, to_official  # noqa: E402
+
+__all__ = [
+    "ALLOWED_CODEBOOK_DIMS", "BSQVAE", "Decoder", "Encoder", "Model", "MultiScaleOutput", "VAEConfig",
+    "area_resize", "bilinear_resize", "bits_to_codes", "bsq", "codes_from_bits", "default_schedule",
+    "from_official", "infer_config", "init", "jit_decode", "jit_decode_bits", "jit_encode", "load",
+    "multiscale_quantize", "patchify", "to_official", "unpatchify", "var_inputs_from_bits",
+]

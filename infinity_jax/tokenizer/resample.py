@@ -36,10 +36,11 @@ def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     if n_in == n_out:
         np.fill_diagonal(m, 1.0)
         return m
-    scale = np.float32(n_in / n_out)
+    scale = np.float32(n_in) / np.float32(n_out)  # one float32 division, as PyTorch
     for i in range(n_out):
-        # PyTorch computes the source index in float32.
-        src = np.float32(scale * np.float32(i + 0.5) - np.float32(0.5))
+        # PyTorch computes scale * (i + 0.5) - 0.5 in float32 with a fused multiply-add (one
+        # rounding); the float64 product of two float32 values is exact, so this matches it.
+        src = np.float32(np.float64(scale) * (i + 0.5) - 0.5)
         src = max(src, np.float32(0.0))
         i0 = min(int(np.floor(src)), n_in - 1)
         i1 = min(i0 + 1, n_in - 1)

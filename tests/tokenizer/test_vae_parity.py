@@ -1,0 +1,210 @@
+"""Parity of the NNX BSQ-VAE with the official PyTorch code (official-tiny fixture, fp32).
+
+Fixture layouts are the official ones (NCHW; bits ``[B, 1, h, w, d]``; codes ``[B, d, 1, h, w]``);
+ours are channels-last, so every comparison transposes.
+"""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from infinity_jax.tokenizer import vae as V
+
+ATOL = 1e-4
+SCHEDULE = [(1, 1, 1), (1, 2, 2), (1, 4, 4), (1, 6, 6), (1, 8, 8), (1, 12, 12), (1, 16, 16)]
+K = len(SCHEDULE)
+
+
+def nchw_to_nhwc(x):
+    return np.asarray(x).transpose(0, 2, 3, 1)
+
+
+def codes5_to_nhwc(x):  # [B, d, 1, h, w] -> [B, h, w, d]
+    return np.asarray(x)[:, :, 0].transpose(0, 2, 3, 1)
+
+
+def maxerr(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
+
+
+@pytest.fixture(scope="module")
+def setup(official_tiny):
+    manifest = json.loads((official_tiny / "manifest.json").read_text())
+    config = V.VAEConfig.from_official(manifest["config"]["vae"])
+    model = V.load(official_tiny / "weights_vae.npz", config)
+    golden = dict(np.load(official_tiny / "golden_vae.npz"))
+    image = nchw_to_nhwc(np.load(official_tiny / "inputs.npz")["image"])
+    return manifest, model, golden, jnp.asarray(image)
+
+
+@pytest.fixture(scope="module")
+def encoded(setup):
+    _, model, _, image = setup
+    features = jax.jit(model.encode_features)(image)
+    quantized, bits = V.jit_encode(model, SCHEDULE)(image)
+    return features, quantized, bits
+
+
+@pytest.fixture(scope="module")
+def decode(setup):
+    return V.jit_decode(setup[1])
+
+
+def test_config_and_param_count(setup):
+    manifest, model, _, _ = setup
+    cfg = model.config
+    assert (cfg.codebook_dim, cfg.base_ch, cfg.ch_mult, cfg.num_res_blocks, cfg.patch_size) == (
+        32, 32, (1, 2, 4, 4, 4), 2, 16)
+    from flax import nnx
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert n == manifest["config"]["vae"]["n_params"]
+
+
+def test_raw_features(setup, encoded):
+    _, _, golden, _ = setup
+    err = maxerr(encoded[0], nchw_to_nhwc(golden["raw_features"]))
+    print(f"raw_features max abs err {err:.3g}")
+    assert err < ATOL
+
+
+def test_bits_identical_every_scale(setup, encoded):
+    _, _, golden, _ = setup
+    bits = encoded[2]
+    assert len(bits) == K
+    for k in range(K):
+        ref = golden[f"bits_scale{k:02d}"][:, 0]
+        assert bits[k].shape == ref.shape and bits[k].dtype == jnp.int32
+        np.testing.assert_array_equal(np.asarray(bits[k]), ref, err_msg=f"scale {k}")
+
+
+def test_z_quantized(setup, encoded):
+    _, _, golden, _ = setup
+    err = maxerr(encoded[1], nchw_to_nhwc(golden["z_quantized"]))
+    print(f"z_quantized max abs err {err:.3g}")
+    assert err < ATOL
+
+
+def test_var_inputs_area_match_vae_golden(setup, encoded):
+    """golden ``var_input_scaleSS`` is MultiScaleBSQ's own ``var_inputs``: area-resized running sums."""
+    _, model, golden, _ = setup
+    vin = model.var_inputs(encoded[2], SCHEDULE, mode="area")
+    assert len(vin) == K - 1
+    errs = [maxerr(vin[k - 1], codes5_to_nhwc(golden[f"var_input_scale{k:02d}"])) for k in range(1, K)]
+    print("var_input (area) max abs err per scale", [f"{e:.3g}" for e in errs])
+    assert max(errs) < ATOL
+    # The bilinear (transformer) resize differs where the ratio is not a power of two (16 -> 6, 12).
+    bil = model.var_inputs(encoded[2], SCHEDULE, mode="bilinear")
+    assert maxerr(bil[2], codes5_to_nhwc(golden["var_input_scale03"])) > 1e-3
+
+
+def test_var_inputs_bilinear_match_transformer_input(setup, official_tiny):
+    """The transformer's input (BitwiseSelfCorrection.flip_requant) uses trilinear resizing."""
+    _, model, golden, _ = setup
+    gt = np.load(official_tiny / "golden_transformer.npz")
+    bits = [jnp.asarray(golden[f"bits_scale{k:02d}"][:, 0]) for k in range(K)]
+    vin = model.var_inputs(bits, SCHEDULE)  # default mode: bilinear
+    flat = np.concatenate([np.asarray(v).reshape(2, -1, 32) for v in vin], axis=1)
+    err = maxerr(flat, gt["x_BLC_wo_prefix"])
+    print(f"x_BLC_wo_prefix (bilinear) max abs err {err:.3g}")
+    assert err < ATOL
+    labels = np.concatenate([np.asarray(b).reshape(2, -1, 32) for b in bits], axis=1)
+    np.testing.assert_array_equal(labels, gt["gt_BL_bits"])
+
+
+def test_summed_codes_from_bits(setup):
+    _, model, golden, _ = setup
+    bits = [jnp.asarray(golden[f"bits_scale{k:02d}"][:, 0]) for k in range(K)]
+    err = maxerr(model.bits_to_codes(bits), codes5_to_nhwc(golden["summed_codes_from_bits"]))
+    print(f"summed_codes_from_bits max abs err {err:.3g}")
+    assert err < ATOL
+
+
+def test_recon_from_z_quantized(setup, decode):
+    _, _, golden, _ = setup
+    recon = decode(jnp.asarray(nchw_to_nhwc(golden["z_quantized"])))
+    err = maxerr(recon, nchw_to_nhwc(golden["recon"]))
+    print(f"recon max abs err {err:.3g}")
+    assert recon.shape == (2, 256, 256, 3)
+    assert err < ATOL
+    assert float(jnp.max(jnp.abs(recon))) <= 1.0
+
+
+def test_recon_from_bits(setup, encoded, decode):
+    _, model, golden, _ = setup
+    codes = model.bits_to_codes(encoded[2])
+    err = maxerr(decode(codes), nchw_to_nhwc(golden["recon_from_bits"]))
+    print(f"recon_from_bits max abs err {err:.3g}")
+    assert err < ATOL
+
+
+def test_plain_upsample_matches_subpixel(setup, decode):
+    """The default sub-pixel Upsample is the same map as nearest-x2 + conv3x3."""
+    _, model, golden, _ = setup
+    import dataclasses
+
+    from infinity_jax.tokenizer import convert
+    plain = convert.from_official(convert.to_official(model),
+                                  dataclasses.replace(model.config, fast_upsample=False))
+    z = jnp.asarray(nchw_to_nhwc(golden["z_quantized"]))
+    err = maxerr(V.jit_decode(plain)(z), decode(z))
+    assert err < 2e-5
+
+
+def test_input_errors(setup):
+    _, model, _, image = setup
+    with pytest.raises(ValueError, match="NCHW"):
+        model.encode_features(jnp.zeros((1, 3, 64, 64)))
+    with pytest.raises(ValueError, match="not divisible by the VAE stride 16"):
+        model.encode_features(jnp.zeros((1, 72, 64, 3)))
+    with pytest.raises(ValueError, match="channels-first"):
+        model.decode(jnp.zeros((1, 32, 4, 4)))
+    with pytest.raises(ValueError, match="does not match the latent grid"):
+        model.quantize(jnp.zeros((1, 16, 16, 32)), [(1, 1, 1), (1, 8, 8)])
+
+
+def test_default_schedule_is_official():
+    assert V.default_schedule((16, 16)) == tuple(SCHEDULE)
+    patch = V.VAEConfig.official(14, apply_spatial_patchify=True, base_ch=32)
+    # 8B: the VAE grid is twice the transformer grid.
+    assert V.default_schedule((32, 32), patch)[-1] == (1, 32, 32)
+    assert V.default_schedule((32, 32), patch)[0] == (1, 2, 2)
+
+
+def test_bfloat16_activations_and_logical_axes():
+    """A small random model runs in bf16 (outputs float32) and every weight carries axis names."""
+    from flax import nnx
+
+    from infinity_jax.sharding import make_mesh, state_shardings
+    cfg = V.VAEConfig(codebook_dim=16, base_ch=32, ch_mult=(1, 2), patch_size=2, num_res_blocks=1,
+                      dtype="bfloat16")
+    model = V.init(cfg, seed=1)
+    x = jax.random.uniform(jax.random.key(0), (1, 8, 8, 3), minval=-1, maxval=1)
+    quantized, bits = V.jit_encode(model, [(1, 1, 1), (1, 4, 4)])(x)
+    assert quantized.dtype == jnp.float32 and [b.shape for b in bits] == [(1, 1, 1, 16), (1, 4, 4, 16)]
+    y = V.jit_decode_bits(model)(bits)
+    assert y.shape == (1, 8, 8, 3) and y.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(y)))
+    params = jax.tree.leaves(nnx.state(model, nnx.Param), is_leaf=lambda v: isinstance(v, nnx.Variable))
+    for p in params:
+        names = p.get_metadata().get("out_sharding")
+        assert names is not None and len(names) == p.get_value().ndim
+    shardings = state_shardings(nnx.state(model, nnx.Param), make_mesh({"data": 2, "tensor": 4}))
+    assert len(jax.tree.leaves(shardings)) == len(params)
+
+
+def test_spatial_patchify_end_to_end():
+    """8B layout: stride 8, transformer schedule doubled on the VAE grid, 4d-channel packing."""
+    cfg = V.VAEConfig.official(14, apply_spatial_patchify=True, base_ch=24, num_res_blocks=1)
+    assert (cfg.stride, cfg.token_stride, cfg.token_dim) == (8, 16, 56)
+    model = V.init(cfg)
+    x = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3), minval=-1, maxval=1)
+    tsched = [(1, 1, 1), (1, 2, 2)]  # transformer grids; the VAE grid is 4x4
+    quantized, bits = V.jit_encode(model, tsched)(x)
+    assert quantized.shape == (1, 4, 4, 14) and [b.shape for b in bits] == [(1, 2, 2, 14), (1, 4, 4, 14)]
+    labels = [V.patchify(b) for b in bits]
+    assert [b.shape for b in labels] == [(1, 1, 1, 56), (1, 2, 2, 56)]
+    assert [v.shape for v in model.var_inputs(bits, tsched)] == [(1, 2, 2, 56)]
+    # packed bits are accepted and unpacked
+    np.testing.assert_allclose(np.asarray(model.bits_to_codes(labels)), np.asarray(quantized), atol=1e-6)
+    assert V.jit_decode_bits(model)(labels).shape == (1, 32, 32, 3)
