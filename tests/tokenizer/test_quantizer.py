@@ -194,15 +194,19 @@ def test_patchify_model_packs_inputs():
     model = nnx.eval_shape(lambda: V.BSQVAE(cfg))  # only the quantizer side is run here
     tsched = [(1, 1, 1), (1, 2, 2), (1, 4, 4)]
     f = jnp.asarray(rand((1, 8, 8, 14), seed=12))
-    out = model.quantize(f, tsched)  # transformer schedule: doubled to the VAE grid
-    assert [b.shape[1:3] for b in out.bits] == [(2, 2), (4, 4), (8, 8)]
-    inputs = model.var_inputs(out.bits, tsched)
+
+    @jax.jit
+    def run(f):
+        out = model.quantize(f, tsched)  # transformer schedule: doubled to the VAE grid
+        packed_bits = [V.patchify(b) for b in out.bits]
+        return (out.bits, model.var_inputs(out.bits, tsched), model.var_inputs(out.bits, tsched, packed=False),
+                model.bits_to_codes(packed_bits), model.bits_to_codes(out.bits))
+
+    bits, inputs, plain, codes_packed, codes = run(f)
+    assert [b.shape[1:3] for b in bits] == [(2, 2), (4, 4), (8, 8)]
     assert [v.shape for v in inputs] == [(1, 2, 2, 56), (1, 4, 4, 56)]
-    plain = model.var_inputs(out.bits, tsched, packed=False)
     np.testing.assert_array_equal(np.asarray(inputs[1]), np.asarray(V.patchify(plain[1])))
-    packed_bits = [V.patchify(b) for b in out.bits]
-    np.testing.assert_allclose(np.asarray(model.bits_to_codes(packed_bits)),
-                               np.asarray(model.bits_to_codes(out.bits)))
+    np.testing.assert_allclose(np.asarray(codes_packed), np.asarray(codes))
 
 
 def _torch_weights(n_in, n_out, mode):
