@@ -71,19 +71,24 @@ def _to_numpy(v) -> np.ndarray:
     return np.asarray(v)
 
 
+def _shard_files(folder: pathlib.Path) -> list[pathlib.Path]:
+    """The .safetensors shards of a folder (from its ``*.safetensors.index.json`` when present)."""
+    index = sorted(folder.glob("*.safetensors.index.json"))
+    files = (sorted({folder / f for f in json.loads(index[0].read_text())["weight_map"].values()})
+             if index else sorted(folder.glob("*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors files in {folder}")
+    return files
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a checkpoint file (or a folder of safetensors shards) into ``{key: array}``."""
     path = pathlib.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.is_dir():
-        index = sorted(path.glob("*.safetensors.index.json"))
-        files = (sorted({path / f for f in json.loads(index[0].read_text())["weight_map"].values()})
-                 if index else sorted(path.glob("*.safetensors")))
-        if not files:
-            raise FileNotFoundError(f"no .safetensors files in {path}")
         out: dict[str, np.ndarray] = {}
-        for f in files:
+        for f in _shard_files(path):
             out.update(load_state_dict(f))
         return out
     suffix = path.suffix.lower()
@@ -150,13 +155,8 @@ def open_state_dict(path: str | os.PathLike) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.is_dir():
-        index = sorted(path.glob("*.safetensors.index.json"))
-        files = (sorted({path / f for f in json.loads(index[0].read_text())["weight_map"].values()})
-                 if index else sorted(path.glob("*.safetensors")))
-        if not files:
-            raise FileNotFoundError(f"no .safetensors files in {path}")
         out: dict = {}
-        for f in files:
+        for f in _shard_files(path):
             out.update(open_state_dict(f))
         return out
     suffix = path.suffix.lower()
