@@ -25,6 +25,7 @@ setup(
         "tqdm",
         "regex",
         "scipy",
+        "tensorboardX",
         "protobuf",
         "array-record",
     ],

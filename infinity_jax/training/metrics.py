@@ -1,0 +1,131 @@
+"""Per-step training metrics: throughput and MFU from analytic FLOPs, to stdout, TensorBoard, JSONL.
+
+MFU follows MaxText: ``TFLOP/s/device = analytic train FLOPs per step / step time / devices`` and
+``MFU = TFLOP/s/device / peak``. The analytic count is ``infinity_jax.transformer.flops.train_flops``
+(matmuls only, 3x forward) for the step's schedule and padded caption length; the frozen tokenizer
+and text encoder are not counted. The peak is ``config.log.peak_tflops`` or, when 0, looked up
+from the device kind (bf16 dense peaks); MFU is omitted when unknown (CPU).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: bf16 dense peak TFLOP/s per device, by a substring of ``jax.devices()[0].device_kind``.
+PEAK_TFLOPS = (
+    ("TPU v6", 918.0), ("TPU v5p", 459.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0), ("TPU v4", 275.0),
+    ("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("A10G", 125.0),
+)
+
+
+def peak_tflops(device_kind: str, configured: float = 0.0) -> float | None:
+    if configured and configured > 0:
+        return float(configured)
+    for key, value in PEAK_TFLOPS:
+        if key.lower() in device_kind.lower():
+            return value
+    return None
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Flatten the step's metrics (arrays (K,) become ``name/scale_k``)."""
+    out = {}
+    for k, v in metrics.items():
+        a = np.asarray(v)
+        if a.ndim == 0:
+            out[k] = float(a)
+        else:
+            for i, x in enumerate(a.reshape(-1)):
+                out[f"{k}/{i:02d}"] = float(x)
+    return out
+
+
+class MetricsLogger:
+    """Writes every step's metrics (process 0 only): stdout, ``metrics.jsonl``, TensorBoard, tqdm."""
+
+    def __init__(self, workdir: str | None, *, total_steps: int, start_step: int = 0, tensorboard: bool = True,
+                 progress: bool = True, is_primary: bool = True, print_every: int = 1):
+        self.is_primary = is_primary
+        self.print_every = max(1, int(print_every))
+        self.jsonl = None
+        self.tb = None
+        self.bar = None
+        if not is_primary:
+            return
+        if workdir:
+            pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+            if tensorboard:
+                try:
+                    from tensorboardX import SummaryWriter  # noqa: PLC0415
+
+                    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                except ImportError:
+                    log.warning("tensorboardX is not installed: no TensorBoard logs")
+        if progress and sys.stdout.isatty():
+            from tqdm import tqdm  # noqa: PLC0415
+
+            self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.is_primary:
+            return
+        record = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
+        if self.jsonl:
+            self.jsonl.write(json.dumps(record) + "\n")
+        if self.tb:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, v, step)
+        line = format_line(step, metrics)
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix_str(line.split("| ", 1)[-1][:120], refresh=False)
+            if step % self.print_every == 0:
+                self.bar.write(line)
+        elif step % self.print_every == 0:
+            print(line, flush=True)
+
+    def text(self, msg: str) -> None:
+        if not self.is_primary:
+            return
+        if self.bar is not None:
+            self.bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb:
+            self.tb.flush()
+            self.tb.close()
+        if self.jsonl:
+            self.jsonl.close()
+
+
+def format_line(step: int, m: Mapping[str, float]) -> str:
+    parts = [f"step {step:>7d}", f"| loss {m.get('loss', float('nan')):.4f}",
+             f"acc {m.get('bit_accuracy', float('nan')):.4f}", f"gnorm {m.get('grad_norm', float('nan')):.3f}",
+             f"lr {m.get('lr', float('nan')):.3e}"]
+    if "step_time" in m:
+        parts.append(f"{m['step_time'] * 1e3:.0f} ms")
+        parts.append(f"{m.get('images_per_s', 0):.1f} img/s")
+        parts.append(f"{m.get('tokens_per_s', 0):,.0f} tok/s")
+        parts.append(f"{m.get('tflops_per_device', 0):.3f} TFLOP/s/dev")
+        if "mfu" in m:
+            parts.append(f"MFU {100 * m['mfu']:.1f}%")
+    per = [v for k, v in sorted(m.items()) if k.startswith("per_scale_loss/")]
+    if per:
+        parts.append("scales " + " ".join(f"{v:.3f}" for v in per))
+    if m.get("data/skipped_total"):
+        parts.append(f"skipped {int(m['data/skipped_total'])}")
+    return " ".join(parts)

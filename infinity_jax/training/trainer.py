@@ -1,0 +1,572 @@
+"""The Infinity trainer: sharded state, one compiled step per aspect-ratio template, the loop.
+
+Step (official order, ``InfinityTrainer.train_step``): uint8 images -> frozen BSQ-VAE encoder
+(fp32, no gradient; inside the step, or ahead of it with ``tokenizer.in_step=False``) ->
+Bitwise Self-Correction (``flip_requant``) -> teacher-forced transformer (caption dropout,
+drop-path) -> bitwise cross-entropy with per-scale reweighting -> gradients -> global-norm
+clipping -> AdamW (decay on kernels) -> optional EMA.
+
+Parallelism (MaxText style): a ``(data, fsdp, tensor)`` mesh from ``config.mesh``; parameter
+shardings from each parameter's logical axis names through the one rules table
+(:mod:`infinity_jax.sharding`); parameters and optimizer state are created by ``jax.jit`` with
+``out_shardings``; the step is ``jax.jit(step, in_shardings, out_shardings, donate_argnums=0)``,
+lowered and compiled before the loop (memory analysis printed). The batch is split over
+``data x fsdp``; each host loads only its rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from infinity_jax.data.bucketing import Bucket, make_buckets
+from infinity_jax.sharding import make_mesh
+from infinity_jax.training import state as st
+from infinity_jax.training.metrics import MetricsLogger, peak_tflops, scalar_metrics
+from infinity_jax.training.optimizer import learning_rate_schedule, make_optimizer, peak_learning_rate
+from infinity_jax.transformer.config import SIZE_NAMES, InfinityConfig, size_config
+from infinity_jax.transformer.flops import train_flops
+from infinity_jax.transformer.loss import infinity_loss
+from infinity_jax.transformer.model import Infinity
+from infinity_jax.transformer.self_correction import flip_requant
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A mistake in the experiment config (reported without a traceback by ``train.py``)."""
+
+
+# ------------------------------------------------------------------------------------ configs
+def model_config(config) -> InfinityConfig:
+    """The transformer config: an official size with ``config.model`` overrides, or ``size=tiny``."""
+    overrides = dict(config.model)
+    fields = {f.name for f in dataclasses.fields(InfinityConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ConfigError(f"unknown config.model keys {unknown}; valid: {sorted(fields)}")
+    try:
+        if config.size in SIZE_NAMES:
+            return size_config(config.size, **overrides)
+        if config.size == "tiny":
+            return InfinityConfig(**overrides).validate()
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad model config: {e}") from e
+    raise ConfigError(f"unknown size {config.size!r}; choose one of {', '.join(SIZE_NAMES + ('tiny',))}")
+
+
+def vae_config(config, mcfg: InfinityConfig):
+    from infinity_jax.tokenizer import VAEConfig  # noqa: PLC0415
+
+    t = config.tokenizer
+    try:
+        return VAEConfig(codebook_dim=mcfg.codebook_dim, base_ch=int(t.base_ch), ch_mult=tuple(t.ch_mult),
+                         num_res_blocks=int(t.num_res_blocks), patch_size=int(t.patch_size),
+                         apply_spatial_patchify=mcfg.apply_spatial_patchify, dtype=str(t.dtype))
+    except ValueError as e:
+        raise ConfigError(f"bad tokenizer config: {e}") from e
+
+
+def check_config(config) -> None:
+    """Checks that make user mistakes clear messages instead of tracebacks deep in the loop."""
+    if config.text.source not in ("t5", "precomputed", "random"):
+        raise ConfigError(f"config.text.source must be 't5', 'precomputed' or 'random', got {config.text.source!r}")
+    if config.text.source == "t5" and not config.text.t5_path:
+        raise ConfigError("config.text.source='t5' needs config.text.t5_path (a local Flan-T5 folder)")
+    if config.data.source not in ("arrayrecord", "tfds", "synthetic", "factory"):
+        raise ConfigError(f"config.data.source must be 'arrayrecord', 'tfds', 'synthetic' or 'factory', "
+                          f"got {config.data.source!r}")
+    if config.data.source == "arrayrecord" and not config.data.path:
+        raise ConfigError("config.data.source='arrayrecord' needs config.data.path (a folder of shards)")
+    if config.data.source == "tfds" and not config.data.tfds.name:
+        raise ConfigError("config.data.source='tfds' needs config.data.tfds.name")
+    if config.batch_size < 1 or config.total_steps < 0:
+        raise ConfigError("batch_size must be >= 1 and total_steps >= 0")
+
+
+# ------------------------------------------------------------------------------------ helpers
+def build_source(config, workdir: str | None = None):
+    """The random-access source named by ``config.data``."""
+    d = config.data
+    if d.source == "arrayrecord":
+        from infinity_jax.data.arrayrecord import ArrayRecordSource  # noqa: PLC0415
+
+        return ArrayRecordSource(d.path)
+    if d.source == "tfds":
+        from infinity_jax.data.tfds_source import TFDSSource  # noqa: PLC0415
+
+        t = d.tfds
+        return TFDSSource(t.name, split=t.split, data_dir=t.data_dir or None, image_key=t.image_key,
+                          caption_key=t.caption_key or None)
+    if d.source == "synthetic":
+        from infinity_jax.data.synthetic import SyntheticSource  # noqa: PLC0415
+
+        s = d.synthetic
+        return SyntheticSource(int(s.num_records), sizes=tuple(tuple(x) for x in s.sizes), seed=int(s.seed),
+                               corrupt=tuple(s.get("corrupt", ())))
+    # factory: "module:callable" returning a source, e.g. the demo's shapes source
+    import importlib  # noqa: PLC0415
+
+    mod, _, fn = str(d.factory).partition(":")
+    if not mod or not fn:
+        raise ConfigError(f"config.data.factory must be 'module:callable', got {d.factory!r}")
+    try:
+        factory = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot import data factory {d.factory!r}: {e}") from e
+    return factory(**dict(d.factory_kwargs))
+
+
+def maybe_initialize_distributed() -> None:
+    """``jax.distributed.initialize()`` when ``INFINITY_JAX_DISTRIBUTED=1`` (TPU pods, SLURM, CPU tests).
+
+    Optional explicit settings: ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+    ``JAX_PROCESS_ID``, ``JAX_LOCAL_DEVICE_IDS`` (comma list); otherwise JAX auto-detects
+    (TPU metadata, SLURM variables).
+    """
+    if os.environ.get("INFINITY_JAX_DISTRIBUTED", "").lower() not in ("1", "true", "yes"):
+        return
+    if jax.distributed.is_initialized():
+        return
+    kw: dict[str, Any] = {}
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        kw["coordinator_address"] = os.environ["JAX_COORDINATOR_ADDRESS"]
+    if os.environ.get("JAX_NUM_PROCESSES"):
+        kw["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
+    if os.environ.get("JAX_PROCESS_ID"):
+        kw["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+    if os.environ.get("JAX_LOCAL_DEVICE_IDS"):
+        kw["local_device_ids"] = [int(x) for x in os.environ["JAX_LOCAL_DEVICE_IDS"].split(",")]
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kw)
+
+
+def random_encoder_params(md: st.ModelDef, seed: int) -> dict:
+    """Host-side random tokenizer weights (PyTorch's conv init; norms 1/0) for smoke runs and tests:
+    instant, where compiling the NNX initialisers costs seconds on CPU."""
+    rng = np.random.default_rng(seed)
+
+    def one(path, v):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "kernel":
+            bound = 1 / np.sqrt(np.prod(v.shape[:-1]))
+            return rng.uniform(-bound, bound, v.shape).astype(np.float32)
+        return np.ones(v.shape, np.float32) if name == "scale" else np.zeros(v.shape, np.float32)
+
+    return jax.tree_util.tree_map_with_path(one, st.state_to_tree(md.abstract))
+
+
+def _memory_line(compiled) -> str:
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return "memory analysis unavailable"
+    if m is None:
+        return "memory analysis unavailable"
+    gib = 1 / 2 ** 30
+    return (f"per device: arguments {m.argument_size_in_bytes * gib:.3f} GiB, outputs {m.output_size_in_bytes * gib:.3f} "
+            f"GiB (aliased {m.alias_size_in_bytes * gib:.3f}), temporaries {m.temp_size_in_bytes * gib:.3f} GiB, "
+            f"code {m.generated_code_size_in_bytes / 2 ** 20:.1f} MiB")
+
+
+# ------------------------------------------------------------------------------------ trainer
+class Trainer:
+    """Builds everything a run needs from a config; :meth:`train` runs the loop.
+
+    ``mesh`` overrides ``config.mesh`` (tests); ``workdir=None`` disables checkpoints and logs.
+    """
+
+    def __init__(self, config, workdir: str | None = None, *, mesh=None):
+        check_config(config)
+        self.config = c = config
+        self.workdir = workdir
+        self.mesh = mesh if mesh is not None else self._mesh()
+        self.n_devices = self.mesh.size
+        self.batch_axes = tuple(a for a in ("data", "fsdp") if self.mesh.shape.get(a, 1) > 1)
+        shards = int(np.prod([self.mesh.shape[a] for a in self.batch_axes])) if self.batch_axes else 1
+        self.global_batch = int(c.batch_size)
+        if self.global_batch % shards:
+            raise ConfigError(f"batch_size {self.global_batch} is not divisible by the {shards} data shards "
+                              f"(mesh {dict(self.mesh.shape)})")
+        if self.global_batch % jax.process_count():
+            raise ConfigError(f"batch_size {self.global_batch} is not divisible by {jax.process_count()} processes")
+        self.mcfg = model_config(c)
+        self.vcfg = vae_config(c, self.mcfg)
+        if c.tokenizer.checkpoint:
+            self.vcfg = self._vae_config_from_checkpoint()
+        try:
+            sched = tuple(tuple(s) for s in c.schedule) if c.schedule else None
+            self.buckets: list[Bucket] = make_buckets(c.pn, list(c.templates) if c.templates else None, sched,
+                                                      token_stride=self.vcfg.token_stride)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        for b in self.buckets:
+            if len(b.scales) > self.mcfg.num_levels:
+                raise ConfigError(f"schedule of template {b.h_div_w} has {len(b.scales)} scales, the model "
+                                  f"{self.mcfg.num_levels} level embeddings")
+        self.text_len = int(c.text.max_len)
+        if self.text_len > self.mcfg.text_maxlen:
+            raise ConfigError(f"text.max_len {self.text_len} exceeds the model's text_maxlen {self.mcfg.text_maxlen}")
+        seed = int(c.seed)
+        self._model_factory = lambda: Infinity(self.mcfg, rngs=nnx.Rngs(seed))
+        from infinity_jax.tokenizer import Encoder  # noqa: PLC0415
+
+        self._vae_factory = lambda: Encoder(self.vcfg, rngs=nnx.Rngs(seed + 1))
+        self.md = st.split_model(self._model_factory, self.mesh)
+        self.vae_md = st.split_model(self._vae_factory, self.mesh)
+        self.peak_lr = peak_learning_rate(c.optim, self.global_batch)
+        o = c.optim
+        self.lr_fn = learning_rate_schedule(self.peak_lr, int(c.total_steps), warmup_steps=int(o.warmup_steps),
+                                            warmup_init=float(o.warmup_init), schedule=str(o.schedule),
+                                            final_ratio=float(o.final_ratio))
+        self.tx = make_optimizer(o, self.lr_fn)
+        self.use_ema = float(o.ema_decay) > 0
+        self.state_shardings = st.train_state_shardings(self.tx, self.md, self.use_ema)
+        self.batch_sharding = NamedSharding(self.mesh, P(self.batch_axes if self.batch_axes else None))
+        self.replicated = NamedSharding(self.mesh, P())
+        self._compiled: dict[Any, Any] = {}
+        self.online_t5 = None
+        self.vae_params = None
+        self.peak = peak_tflops(jax.devices()[0].device_kind, float(c.log.peak_tflops))
+
+    # -- construction -----------------------------------------------------------------------
+    def _mesh(self):
+        try:
+            return make_mesh(dict(self.config.mesh))
+        except ValueError as e:
+            raise ConfigError(f"bad mesh {dict(self.config.mesh)} for {jax.device_count()} devices: {e}") from e
+
+    def _vae_config_from_checkpoint(self):
+        from infinity_jax.state_dict import load_state_dict  # noqa: PLC0415
+        from infinity_jax.tokenizer import convert  # noqa: PLC0415
+
+        path = self.config.tokenizer.checkpoint
+        if not os.path.exists(path):
+            raise ConfigError(f"tokenizer checkpoint {path} does not exist")
+        self._vae_state_dict = load_state_dict(path)
+        vcfg = convert.infer_config(self._vae_state_dict)
+        vcfg = dataclasses.replace(vcfg, dtype=str(self.config.tokenizer.dtype),
+                                   apply_spatial_patchify=self.mcfg.apply_spatial_patchify)
+        if vcfg.codebook_dim != self.mcfg.codebook_dim:
+            raise ConfigError(f"tokenizer checkpoint has d={vcfg.codebook_dim}, the model d={self.mcfg.codebook_dim}")
+        return vcfg
+
+    def load_tokenizer(self) -> dict:
+        """The frozen encoder's parameters in their shardings (random if no checkpoint: smoke runs only)."""
+        if self.vae_params is not None:
+            return self.vae_params
+        if self.config.tokenizer.checkpoint:
+            from infinity_jax.tokenizer import convert  # noqa: PLC0415
+
+            with jax.default_device(jax.local_devices(backend="cpu")[0]):
+                vae = convert.from_official(self._vae_state_dict, self.vcfg)
+                host = st.state_to_tree(nnx.split(vae.encoder, nnx.Param, ...)[1])
+            self.vae_params = st.place_params(self.vae_md, host)
+            del self._vae_state_dict
+        else:
+            log.warning("no tokenizer checkpoint: using a randomly initialised BSQ-VAE encoder (smoke runs only)")
+            self.vae_params = st.place_params(self.vae_md, random_encoder_params(self.vae_md, int(self.config.seed)))
+        return self.vae_params
+
+    def init_params(self) -> dict:
+        """Fresh parameters: from ``init.official`` (converted official weights), ``init.checkpoint``
+        (another run's params), or random; always placed directly in their shardings."""
+        i = self.config.init
+        if i.official:
+            from infinity_jax.transformer import convert  # noqa: PLC0415
+
+            if not os.path.exists(i.official):
+                raise ConfigError(f"init.official checkpoint {i.official} does not exist")
+            with jax.default_device(jax.local_devices(backend="cpu")[0]):
+                model = convert.load(i.official, self.mcfg)
+                host = st.state_to_tree(nnx.split(model, nnx.Param, ...)[1])
+            log.info("initialised from the official checkpoint %s", i.official)
+            return st.place_params(self.md, host)
+        if i.checkpoint:
+            from infinity_jax.training.checkpoint import restore_params  # noqa: PLC0415
+
+            log.info("initialised from the parameters of %s", i.checkpoint)
+            return restore_params(i.checkpoint, self.md.abstract_params())
+        return st.init_params(self.md, self._model_factory)
+
+    def init_state(self) -> dict:
+        """The initial train state (see :meth:`init_params`), created in its shardings."""
+        i = self.config.init
+        if not i.official and not i.checkpoint:
+            return st.init_train_state(self.tx, self.md, self._model_factory, self.use_ema)
+        return st.create_train_state(self.tx, self.md, self.init_params(), self.use_ema)
+
+    def abstract_state(self) -> dict:
+        return st.abstract_train_state(self.tx, self.md, self.use_ema)
+
+    def text_fn(self):
+        """Per-record text features for the pipeline (None with the online T5 encoder)."""
+        t = self.config.text
+        C = self.mcfg.text_channels
+        if t.source == "random":
+            from infinity_jax.training.text_features import RandomText  # noqa: PLC0415
+
+            return RandomText(C, self.text_len)
+        if t.source == "precomputed":
+            from infinity_jax.training.text_features import PrecomputedText  # noqa: PLC0415
+
+            return PrecomputedText(C, t.features or None)
+        if self.online_t5 is None:
+            from infinity_jax.training.text_features import OnlineT5  # noqa: PLC0415
+
+            if not os.path.isdir(t.t5_path):
+                raise ConfigError(f"text.t5_path {t.t5_path} is not a folder")
+            self.online_t5 = OnlineT5(t.t5_path, self.text_len, t.dtype)
+            if self.online_t5.channels != C:
+                raise ConfigError(f"the T5 encoder gives {self.online_t5.channels} channels, the model expects "
+                                  f"text_channels={C}")
+        return None
+
+    def build_pipeline(self):
+        from infinity_jax.data.pipeline import DataPipeline  # noqa: PLC0415
+
+        d = self.config.data
+        source = build_source(self.config, self.workdir)
+        text_fn = self.text_fn()
+        cache = os.path.join(self.workdir, "aspect_ratios.npy") if self.workdir else None
+        return DataPipeline(source, self.buckets, global_batch=self.global_batch,
+                            process_index=jax.process_index(), process_count=jax.process_count(),
+                            seed=int(d.seed), shuffle=bool(d.shuffle), num_epochs=int(d.num_epochs) or None,
+                            num_threads=int(d.num_threads), prefetch=int(d.prefetch), workers=int(d.workers),
+                            text_fn=text_fn, text_len=self.text_len,
+                            short_caption_prob=float(self.config.text.short_caption_prob), aspect_cache=cache)
+
+    # -- the step ---------------------------------------------------------------------------
+    def _encode(self, vae_params, images):
+        enc = self.vae_md.merge(vae_params)
+        x = images.astype(jnp.float32) / 127.5 - 1.0
+        return enc(x.astype(jnp.dtype(self.vcfg.dtype))).astype(jnp.float32)
+
+    def step_function(self, bucket: Bucket):
+        """The pure train step for one template: ``(state, vae_params, batch) -> (state, metrics)``."""
+        c, mcfg = self.config, self.mcfg
+        scales = bucket.scales
+        ema_decay = float(c.optim.ema_decay)
+        bsc = c.bsc
+
+        def step(state, vae_params, batch):
+            key = jax.random.fold_in(jax.random.PRNGKey(int(c.seed)), state["step"])
+            k_bsc, k_model = jax.random.split(key)
+            feats = batch["features"] if "features" in batch else self._encode(vae_params, batch["image"])
+            feats = jax.lax.stop_gradient(feats)
+            out_bsc = flip_requant(feats, scales, k_bsc if bsc.enabled else None, strength=float(bsc.strength),
+                                   apply_layers=int(bsc.apply_layers), patchify=mcfg.apply_spatial_patchify)
+
+            def loss_fn(params):
+                model = self.md.merge(params)
+                logits = model(batch["text"], batch["text_mask"], out_bsc.x_BLC_wo_prefix, scales, rng=k_model,
+                               deterministic=False)
+                out = infinity_loss(logits, out_bsc.labels, scales, reweight=bool(c.loss.reweight_by_scale),
+                                    label_smoothing=float(c.loss.label_smoothing))
+                return out.loss, out
+
+            (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+            gnorm = optax.global_norm(grads)
+            updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+            params = optax.apply_updates(state["params"], updates)
+            new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+            if self.use_ema:
+                new["ema"] = jax.tree.map(lambda e, p: e * ema_decay + (1 - ema_decay) * p, state["ema"], params)
+            metrics = {"loss": loss, "loss_uniform": out.loss_mean_uniform,
+                       "loss_reweighted": out.loss_mean_scale_reweighted, "bit_accuracy": out.bit_accuracy,
+                       "token_accuracy": out.token_accuracy, "per_scale_loss": out.per_scale_loss,
+                       "per_scale_bit_accuracy": out.per_scale_bit_accuracy, "grad_norm": gnorm,
+                       "lr": self.lr_fn(state["step"]), "bsc_strength": jnp.mean(out_bsc.strengths)}
+            return new, metrics
+
+        return step
+
+    def batch_spec(self, bucket: Bucket) -> dict:
+        """Global shapes of the device batch for a template."""
+        G, T, C = self.global_batch, self.text_len, self.mcfg.text_channels
+        H, W = bucket.pixel
+        spec = {"text": jax.ShapeDtypeStruct((G, T, C), jnp.float32, sharding=self.batch_sharding),
+                "text_mask": jax.ShapeDtypeStruct((G, T), jnp.bool_, sharding=self.batch_sharding)}
+        if self.config.tokenizer.in_step:
+            spec["image"] = jax.ShapeDtypeStruct((G, H, W, 3), jnp.uint8, sharding=self.batch_sharding)
+        else:
+            s = self.vcfg.stride
+            spec["features"] = jax.ShapeDtypeStruct((G, H // s, W // s, self.vcfg.codebook_dim), jnp.float32,
+                                                    sharding=self.batch_sharding)
+        return spec
+
+    def compiled_step(self, bucket_id: int):
+        """The step for template ``bucket_id``, lowered and compiled once (memory analysis logged)."""
+        if bucket_id in self._compiled:
+            return self._compiled[bucket_id]
+        bucket = self.buckets[bucket_id]
+        vae_sh = self.vae_md.shardings
+        batch_spec = self.batch_spec(bucket)
+        batch_sh = {k: v.sharding for k, v in batch_spec.items()}
+        jitted = jax.jit(self.step_function(bucket), in_shardings=(self.state_shardings, vae_sh, batch_sh),
+                         out_shardings=(self.state_shardings, self.replicated), donate_argnums=(0,))
+        t0 = time.perf_counter()
+        with jax.set_mesh(self.mesh):
+            compiled = jitted.lower(self.abstract_state(), self.vae_md.abstract_params(), batch_spec).compile()
+        self.compile_info = {"template": bucket.h_div_w, "seconds": time.perf_counter() - t0,
+                             "memory": _memory_line(compiled)}
+        log.info("compiled the train step for template h/w=%s (%d tokens) in %.1f s; %s", bucket.h_div_w,
+                 bucket.seq_len, self.compile_info["seconds"], self.compile_info["memory"])
+        self._compiled[bucket_id] = compiled
+        if not self.config.tokenizer.in_step:
+            self.compiled_encoder(bucket_id)
+        return compiled
+
+    def compiled_encoder(self, bucket_id: int):
+        """The tokenizer run ahead of the step (``tokenizer.in_step=False``), compiled per template."""
+        key = ("encode", bucket_id)
+        if key not in self._compiled:
+            H, W = self.buckets[bucket_id].pixel
+            spec = jax.ShapeDtypeStruct((self.global_batch, H, W, 3), jnp.uint8, sharding=self.batch_sharding)
+            fn = jax.jit(self._encode, in_shardings=(self.vae_md.shardings, self.batch_sharding),
+                         out_shardings=self.batch_sharding)
+            with jax.set_mesh(self.mesh):
+                self._compiled[key] = fn.lower(self.vae_md.abstract_params(), spec).compile()
+        return self._compiled[key]
+
+    def device_batch(self, host: dict) -> dict:
+        """This host's numpy rows -> global arrays split over ``data x fsdp``."""
+        if "text" not in host:
+            host = dict(host)
+            host["text"], host["text_mask"] = self.online_t5(list(host["caption"]))
+        out = {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(host[k]))
+               for k in ("text", "text_mask")}
+        out["text"] = out["text"].astype(jnp.float32) if out["text"].dtype != jnp.float32 else out["text"]
+        image = jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(host["image"], np.uint8))
+        if self.config.tokenizer.in_step:
+            out["image"] = image
+        else:
+            out["features"] = self.compiled_encoder(int(host.get("bucket", 0)))(self.load_tokenizer(), image)
+        return out
+
+    def train_step(self, state: dict, host_batch: dict) -> tuple[dict, dict]:
+        """One step on a host batch (numpy); returns (new state, metrics). ``state`` is donated."""
+        fn = self.compiled_step(int(host_batch.get("bucket", 0)))
+        return fn(state, self.load_tokenizer(), self.device_batch(host_batch))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def train(self) -> dict:
+        """Run (or resume) training to ``config.total_steps``; returns the last logged metrics."""
+        c = self.config
+        primary = jax.process_index() == 0
+        ckpt = None
+        if self.workdir:
+            from infinity_jax.training.checkpoint import Checkpointer  # noqa: PLC0415
+
+            ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep=int(c.checkpoint.keep),
+                                async_save=bool(c.checkpoint.async_save))
+        pipeline = self.build_pipeline()
+        self.load_tokenizer()
+        restored = ckpt.restore(self.abstract_state(), pipeline.iterator) if ckpt and ckpt.all_steps() else None
+        skipped_total = 0
+        if restored is not None:
+            step, state, meta = restored
+            skipped_total = int(meta.get("skipped_total", 0)) if primary else 0
+            self._check_resumed_config(meta)
+            msg = f"resumed from {ckpt.directory}/{step} (data at batch {pipeline.get_state()})"
+        else:
+            state = self.init_state()
+            step = 0
+            msg = "started from scratch" if not c.init.official and not c.init.checkpoint else "initialised"
+        total = int(c.total_steps)
+        logger = MetricsLogger(self.workdir, total_steps=total, start_step=step, tensorboard=bool(c.log.tensorboard),
+                               progress=bool(c.log.progress), is_primary=primary, print_every=int(c.log.every))
+        total_b, per_dev_b = self.md.param_bytes()
+        n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(st.state_to_tree(self.md.abstract)))
+        logger.text(f"{msg}; mesh {dict(self.mesh.shape)} on {self.n_devices} devices ({jax.process_count()} "
+                    f"processes); {n_params:,} "
+                    f"parameters, {total_b / 2 ** 20:.1f} MiB, {per_dev_b / 2 ** 20:.1f} MiB on the most loaded device; "
+                    f"global batch {self.global_batch}, peak lr {self.peak_lr:.3g}; templates "
+                    f"{pipeline.template_counts()}; {pipeline.batches_per_epoch} batches per epoch")
+        if step < total:  # compile before the loop: the next batch's template now, others when first met
+            self.compiled_step(pipeline.next_bucket())
+            logger.text(f"train step compiled in {self.compile_info['seconds']:.1f} s; {self.compile_info['memory']}")
+        batch_log = None
+        if c.debug.log_batches and self.workdir:
+            batch_log = open(os.path.join(self.workdir, f"batches_process{jax.process_index()}.jsonl"), "a",
+                             buffering=1)
+        last: dict = {}
+        pending = None
+        t_prev = time.perf_counter()
+
+        def flush(p):
+            nonlocal t_prev, skipped_total, last
+            pstep, metrics, bucket, skipped = p
+            m = scalar_metrics(jax.device_get(metrics))
+            now = time.perf_counter()
+            dt = max(now - t_prev, 1e-9)
+            t_prev = now
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils  # noqa: PLC0415
+
+                skipped = int(np.sum(multihost_utils.process_allgather(np.asarray(skipped, np.int64))))
+            skipped_total += skipped
+            L = bucket.seq_len
+            fl = train_flops(self.mcfg, bucket.scales, self.text_len) * self.global_batch
+            m.update(step_time=dt, images_per_s=self.global_batch / dt, tokens_per_s=self.global_batch * L / dt,
+                     tflops_per_device=fl / dt / self.n_devices / 1e12, template=bucket.h_div_w)
+            m["data/skipped"] = float(skipped)
+            m["data/skipped_total"] = float(skipped_total)
+            if self.peak:
+                m["mfu"] = m["tflops_per_device"] / self.peak
+            logger.write(pstep, m)
+            last = {"step": pstep, **m}
+
+        try:
+            while step < total:
+                host = next(pipeline)
+                bucket = self.buckets[int(host["bucket"])]
+                fn = self.compiled_step(int(host["bucket"]))
+                state, metrics = fn(state, self.vae_params, self.device_batch(host))
+                step += 1
+                if batch_log is not None:
+                    batch_log.write(json.dumps({"step": step, "batch": int(host["batch"]), "bucket": int(host["bucket"]),
+                                                "index": [int(x) for x in host["index"]]}) + "\n")
+                if pending is not None:
+                    flush(pending)
+                pending = (step, metrics, bucket, int(host["skipped"]))
+                if ckpt and (step % int(c.checkpoint.every) == 0 or step == total):
+                    flush(pending)
+                    pending = None
+                    ckpt.save(step, state, pipeline.iterator,
+                              meta={"step": step, "config": json.loads(c.to_json_best_effort()),
+                                    "mesh": dict(self.mesh.shape), "skipped_total": skipped_total,
+                                    "process_count": jax.process_count(), "time": time.time()})
+                if c.debug.step_sleep:
+                    time.sleep(float(c.debug.step_sleep))
+            if pending is not None:
+                flush(pending)
+        finally:
+            if ckpt:
+                ckpt.close()
+            if batch_log is not None:
+                batch_log.close()
+            if last:
+                logger.text(f"done at step {last['step']}: loss {last['loss']:.4f}; "
+                            f"{int(skipped_total)} corrupt or unreadable samples skipped in this run's history")
+            logger.close()
+        self.state = state
+        return last
+
+    def _check_resumed_config(self, meta: dict) -> None:
+        saved = (meta.get("config") or {})
+        for key in ("size", "model", "batch_size"):
+            if key in saved and json.loads(json.dumps(saved[key])) != json.loads(
+                    self.config.to_json_best_effort()).get(key):
+                log.warning("resuming with a different config.%s than the checkpoint's (%s)", key, saved[key])

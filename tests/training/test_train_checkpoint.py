@@ -1,0 +1,100 @@
+"""Orbax checkpoints: restore onto a different mesh, fall back past a damaged step, fine-tune from a
+converted official checkpoint or from another run's parameters (8 simulated devices, no compiling)."""
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from train_helpers import load_config
+
+from infinity_jax.sharding import make_mesh
+from infinity_jax.training.checkpoint import Checkpointer, restore_params
+from infinity_jax.training.trainer import Trainer
+
+
+def _random_state(tr: Trainer, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda a: jax.device_put(rng.standard_normal(a.shape).astype(a.dtype), a.sharding),
+                        tr.abstract_state())
+
+
+def _assert_same(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_train_checkpoint_restores_onto_a_different_mesh(tmp_path):
+    config = load_config(batch_size=8)
+    a = Trainer(config, None, mesh=make_mesh({"fsdp": 8}))
+    state = _random_state(a)
+    ck = Checkpointer(tmp_path / "ck", keep=2)
+    ck.save(3, state, meta={"note": "x"})
+    ck.close()
+    b = Trainer(config, None, mesh=make_mesh({"data": 2, "tensor": 4}))
+    step, restored, meta = Checkpointer(tmp_path / "ck").restore(b.abstract_state())
+    assert step == 3 and meta["note"] == "x"
+    _assert_same(state, restored)
+    for x, want in zip(jax.tree.leaves(restored), jax.tree.leaves(b.state_shardings)):
+        assert x.sharding.is_equivalent_to(want, x.ndim)
+    kernel = restored["params"]["blocks"]["ffn"]["fc1"]["kernel"]
+    assert kernel.sharding.spec == want_spec(b, ("blocks", "ffn", "fc1", "kernel"))
+    assert "tensor" in str(kernel.sharding.spec) and "fsdp" not in str(kernel.sharding.spec)
+
+
+def want_spec(tr, path):
+    s = tr.md.shardings
+    for k in path:
+        s = s[k]
+    return s.spec
+
+
+def test_train_checkpoint_falls_back_past_a_damaged_step(tmp_path):
+    tr = Trainer(load_config(batch_size=8), None, mesh=make_mesh({"fsdp": 8}))
+    s1, s2 = _random_state(tr, 1), _random_state(tr, 2)
+    ck = Checkpointer(tmp_path / "ck", keep=3)
+    ck.save(1, s1)
+    ck.save(2, s2)
+    ck.close()
+    shutil.rmtree(tmp_path / "ck" / "2" / "state")  # damaged latest step
+    step, restored, _ = Checkpointer(tmp_path / "ck").restore(tr.abstract_state())
+    assert step == 1
+    _assert_same(s1, restored)
+    # another run's parameters only (fine-tuning / evaluation), onto yet another mesh
+    other = Trainer(load_config(batch_size=8), None, mesh=make_mesh({"data": 8}))
+    params = restore_params(tmp_path / "ck", other.md.abstract_params(), step=1)
+    _assert_same(s1["params"], params)
+
+
+def test_train_init_from_converted_official_checkpoint(official_tiny):
+    """``init.official``: the official-tiny transformer weights, converted and placed sharded."""
+    import json
+
+    from infinity_jax.state_dict import load_state_dict
+    from infinity_jax.transformer import convert
+
+    man = json.loads((official_tiny / "manifest.json").read_text())["config"]["infinity"]
+    path = str(official_tiny / "weights_infinity.npz")
+    config = load_config(batch_size=8, **{"model.text_channels": man["text_channels"],
+                                          "model.text_maxlen": man["text_maxlen"], "init.official": path})
+    tr = Trainer(config, None, mesh=make_mesh({"fsdp": 4, "tensor": 2}))
+    params = tr.init_params()
+    assert params["blocks"]["sa"]["mat_qkv"]["kernel"].sharding.spec == want_spec(tr, ("blocks", "sa", "mat_qkv", "kernel"))
+    exported = convert.export_official(tr.md.merge(jax.device_get(params)))
+    official = load_state_dict(path)
+    for k, v in official.items():
+        if k.endswith("zero_k_bias"):
+            continue
+        np.testing.assert_array_equal(exported[k], np.asarray(v, np.float32), err_msg=k)
+
+
+def test_train_init_errors_are_clear(tmp_path):
+    from infinity_jax.training.trainer import ConfigError
+
+    tr = Trainer(load_config(batch_size=8, **{"init.official": str(tmp_path / "missing.pth")}), None,
+                 mesh=make_mesh({"fsdp": 8}))
+    with pytest.raises(ConfigError, match="does not exist"):
+        tr.init_params()
+    with pytest.raises(ConfigError, match="not divisible"):
+        Trainer(load_config(batch_size=6), None, mesh=make_mesh({"fsdp": 8}))
+    with pytest.raises(ConfigError, match="unknown config.model keys"):
+        Trainer(load_config(**{"model.depht": 3}), None, mesh=make_mesh({"fsdp": 8}))
