@@ -25,6 +25,7 @@ setup(
         "tqdm",
         "regex",
         "scipy",
+        "matplotlib",
         "tensorboardX",
         "protobuf",
         "array-record",

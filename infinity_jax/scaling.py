@@ -4,10 +4,15 @@ r"""Scaling sweeps: train a ladder of model sizes at matched compute, validate, 
   python -m infinity_jax.scaling run --config configs/scaling_toy.py --workdir /tmp/sweep
   python -m infinity_jax.scaling analyze --workdir /tmp/sweep          # -> /tmp/sweep/analysis/
   # the official ladder on a pod, one job per size (every job runs the same command but --only)
-  python -m infinity_jax.scaling run --config configs/infinity.py:size=layer12,pn=0.06M \
+  python -m infinity_jax.scaling run --config configs/scaling_official.py:pn=0.06M \
       --config.data.path=/data/shards --config.validation.path=/data/val_shards ... \
       --sizes layer12,layer16,layer24,layer32 --budget 1e20 --workdir gs://bucket/sweep --only layer24
   python -m infinity_jax.scaling plan ...      # the plan and one command per size, nothing trained
+
+``--config`` is a trainer config (``configs/infinity.py`` schema) with two more sections: ``sweep``
+(ladder: name -> ``config.model`` overrides; sizes, budget, mode, points, point_ratio, min_steps,
+lr_scaling) and ``validation`` (the held-out set and the BSC settings), see ``configs/scaling_toy.py``.
+Sizes are ladder names or official sizes (layer12 ... layer48, 2b, ...).
 
 Layout of ``--workdir`` (each size is an ordinary trainer workdir, resumable by re-running)::
 
@@ -34,6 +39,10 @@ Schedules (``--mode``):
 * ``iso_steps``: every size trains the same number of steps (``budget`` / FLOPs per step of the
   largest size), as the Infinity paper's model-scaling runs; validation at the shared compute grid
   points each size reaches, plus its last step.
+
+Learning rate: the config's (official: the same ``tblr`` for every size), or with
+``sweep.lr_scaling=inverse_width`` the configured rate at ``sweep.lr_base_width`` scaled as
+``base_width / width``.
 
 Each compute point: the trainer's :meth:`Trainer.train` runs (resuming from the previous point's
 checkpoint) to the point's step, then :class:`infinity_jax.eval.validation.Validator` evaluates the

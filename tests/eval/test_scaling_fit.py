@@ -249,7 +249,8 @@ def test_toy_sweep_runs_and_resumes(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     cmd = [sys.executable, "-m", "infinity_jax.scaling", "run", "--config=configs/scaling_toy.py:points=2",
-           "--config.validation.num_images=32", "--sizes=t1,t2,t3", "--budget=6e10", "--mode=iso_flop",
+           "--config.validation.num_images=32", "--config.sweep.min_steps=5", "--sizes=t1,t2,t3", "--budget=3e10",
+           "--mode=iso_flop",
            f"--workdir={tmp_path}"]
     root = pathlib.Path(__file__).resolve().parents[2]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=900)
@@ -259,3 +260,10 @@ def test_toy_sweep_runs_and_resumes(tmp_path):
     assert [q["steps"] for q in recs] == [q["steps"] for q in plan["points"]]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=900)  # resumes: nothing to do
     assert r.returncode == 0 and "validated already" in r.stderr + r.stdout
+    r = subprocess.run([c if not c.startswith("--budget") else "--budget=6e10" for c in cmd], capture_output=True,
+                       text=True, env=env, cwd=root, timeout=900)
+    assert r.returncode == 2 and "another plan" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "infinity_jax.scaling", "analyze", f"--workdir={tmp_path}", "--n_boot=10"],
+                       capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "analysis" / "loss_scaling.png").exists()
