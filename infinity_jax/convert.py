@@ -19,16 +19,21 @@ import time
 
 from absl import app, flags
 
-_SIZE = flags.DEFINE_string("size", None, "Official model size: layer12..layer48, 2b, 8b, 20b.")
-_OFFICIAL = flags.DEFINE_string("official_config", None, "JSON with official constructor args (or a fixture manifest).")
-_TRANSFORMER = flags.DEFINE_string("transformer", None, "Official transformer weights (.pth, .safetensors, folder, .npz).")
-_VAE = flags.DEFINE_string("vae", None, "Official VAE weights (.pth, .safetensors, .npz).")
-_T5 = flags.DEFINE_string("t5", None, "Optional Hugging Face Flan-T5 folder to bundle as the text encoder.")
-_OUT = flags.DEFINE_string("out", None, "Output checkpoint folder.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype.")
-_MESH = flags.DEFINE_string("mesh", None, "Mesh for loading, e.g. 'fsdp=-1' or 'data=1,fsdp=4,tensor=2'.")
-_CFG = flags.DEFINE_float("cfg", 3.0, "Default guidance scale stored with the checkpoint.")
-_TAU = flags.DEFINE_float("tau", 0.5, "Default temperature stored with the checkpoint.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Command-line flags (defined only when run as a command, so importing ``convert`` is free)."""
+    flags.DEFINE_string("size", None, "Official model size: layer12..layer48, 2b, 8b, 20b.")
+    flags.DEFINE_string("official_config", None, "JSON with official constructor args (or a fixture manifest).")
+    flags.DEFINE_string("transformer", None, "Official transformer weights (.pth, .safetensors, folder, .npz).")
+    flags.DEFINE_string("vae", None, "Official VAE weights (.pth, .safetensors, .npz).")
+    flags.DEFINE_string("t5", None, "Optional Hugging Face Flan-T5 folder to bundle as the text encoder.")
+    flags.DEFINE_string("out", None, "Output checkpoint folder.")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype.")
+    flags.DEFINE_string("mesh", None, "Mesh for loading, e.g. 'fsdp=-1' or 'data=1,fsdp=4,tensor=2'.")
+    flags.DEFINE_float("cfg", 3.0, "Default guidance scale stored with the checkpoint.")
+    flags.DEFINE_float("tau", 0.5, "Default temperature stored with the checkpoint.")
 
 
 def _parse_mesh(spec: str | None):
@@ -90,18 +95,18 @@ def convert(*, transformer_path, vae_path, out, size=None, official_config=None,
 
 def main(argv):
     del argv
-    for name, flag in (("--transformer", _TRANSFORMER), ("--vae", _VAE), ("--out", _OUT)):
-        if not flag.value:
-            sys.exit(f"error: {name} is required (see --help)")
-    for path in (_TRANSFORMER.value, _VAE.value, _T5.value):
+    for name in ("transformer", "vae", "out"):
+        if not getattr(FLAGS, name):
+            sys.exit(f"error: --{name} is required (see --help)")
+    for path in (FLAGS.transformer, FLAGS.vae, FLAGS.t5):
         if path and not pathlib.Path(path).exists():
             sys.exit(f"error: {path} does not exist")
     from infinity_jax.state_dict import CheckpointMismatchError  # noqa: PLC0415
 
     try:
-        convert(transformer_path=_TRANSFORMER.value, vae_path=_VAE.value, out=_OUT.value, size=_SIZE.value,
-                official_config=_OFFICIAL.value, t5=_T5.value, dtype=_DTYPE.value, mesh=_parse_mesh(_MESH.value),
-                sampling={"cfg": _CFG.value, "tau": _TAU.value, "top_k": 900, "top_p": 0.97})
+        convert(transformer_path=FLAGS.transformer, vae_path=FLAGS.vae, out=FLAGS.out, size=FLAGS.size,
+                official_config=FLAGS.official_config, t5=FLAGS.t5, dtype=FLAGS.dtype, mesh=_parse_mesh(FLAGS.mesh),
+                sampling={"cfg": FLAGS.cfg, "tau": FLAGS.tau, "top_k": 900, "top_p": 0.97})
     except CheckpointMismatchError as e:
         sys.exit(f"error: {e}")
     except (ValueError, FileNotFoundError) as e:
@@ -109,4 +114,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
