@@ -686,6 +686,21 @@ def _write_tables(out: str, data: SweepData, fits: dict, metric: str, sizes_orde
         note += " (E at 0)" if "E=0" in r["at_bound"] else ""
         md.append(f"| {r['fit']} | {r['at']}{note} | {cell(r, 'alpha')} | {cell(r, 'E')} | {cell(r, 'A')} | {r['n']} | "
                   f"{r['r2_log']:.4f} |")
+    h = fits.get("headline_params")
+    if h is not None:
+        g = sorted(_records_of(data.records, h), key=lambda r: r["params"])
+        pairs = []
+        for a, b in zip(g, g[1:]):
+            sa = data.samples.get((a["size"], int(a["step"])), {}).get(metric)
+            sb = data.samples.get((b["size"], int(b["step"])), {}).get(metric)
+            if sa is not None and sb is not None and len(sa) == len(sb) and len(sa) > 1:
+                d = np.asarray(sb, np.float64) - np.asarray(sa, np.float64)
+                pairs.append((a["size"], b["size"], float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))))
+        if pairs:
+            md += ["", f"## Does the loss fall with size? ({h['label']})", "",
+                   "Paired differences over the same held-out images (next size minus this size):", "",
+                   "| from | to | Δ loss | SE | Δ / SE |", "|---|---|---:|---:|---:|"]
+            md += [f"| {a} | {b} | {m:+.5f} | {se:.5f} | {m / se:+.1f} |" for a, b, m, se in pairs]
     co = fits.get("compute_optimal_table")
     if co:
         md += ["", "## Compute-efficient frontier", "", "| compute | best size | params | loss |",
@@ -800,7 +815,7 @@ def _plots(out: str, data: SweepData, fits: dict, metric: str, sizes_order: list
     axes[0].grid(True, alpha=0.3)
     if h is not None:
         g = sorted(_records_of(recs, h), key=lambda r: r["params"])
-        axes[1].plot([r["params"] for r in g], [r["bit_accuracy"] for r in g], "o-", color="C3")
+        axes[1].plot([r["params"] for r in g], [r["bit_accuracy"] for r in g], "o-", color="C3", label="all scales")
         K = len(g[0]["per_scale_bit_accuracy"])
         for k in range(K):
             axes[1].plot([r["params"] for r in g], [r["per_scale_bit_accuracy"][k] for r in g], ".--",
@@ -860,6 +875,7 @@ def _train_curves(workdir: str, out: str, data: SweepData, sizes_order: list) ->
         ax.set_yscale("log")
         ax.set_xlabel("training compute (FLOPs, analytic)")
         ax.set_ylabel("training loss (EMA 0.95; BSC 0.3, caption dropout)")
+        _plain_ticks(ax)
         ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
@@ -879,7 +895,7 @@ def print_summary(fits: dict, out: str) -> None:
         a = fits["compute_optimal"]
         print(f"compute-optimal size: N_opt ~ C^{a['a']:.3f}")
     print(f"wrote {out}/scaling.md, scaling_points.csv, scaling_fits.csv, fits.json, loss_scaling.png, "
-          f"bit_accuracy.png, per_scale_loss.png")
+          f"bit_accuracy.png, per_scale_loss.png, train_curves.png")
 
 
 # ----------------------------------------------------------------------------------------- CLI

@@ -113,8 +113,8 @@ def test_sweep_flops_match_hand_count_and_plan_bookkeeping():
     from infinity_jax.transformer.config import InfinityConfig
 
     config = _toy_config()
-    # t1: depth 1, width 64, MLP 256, d 16, text width 64, 16 caption tokens, scales 1,2,3,4
-    st = step_flops(size_config(config, "t1"))
+    # s2: depth 1, width 64, MLP 256, d 16, text width 64, 16 caption tokens, scales 1,2,3,4
+    st = step_flops(size_config(config, "s2"))
     hand = _hand_forward_flops(64, 64, 256, 16, 1, [(1, 1), (2, 2), (3, 3), (4, 4)], 16)
     cfg = InfinityConfig(depth=1, embed_dim=64, num_heads=2, codebook_dim=16, text_channels=64, text_maxlen=16)
     assert forward_flops(cfg, [(1, 1, 1), (1, 2, 2), (1, 3, 3), (1, 4, 4)], 16)["total"] == hand
@@ -125,7 +125,7 @@ def test_sweep_flops_match_hand_count_and_plan_bookkeeping():
     # iso-FLOP: every size spends the budget (to half a step), shares the compute grid, and
     # compute = steps x FLOPs/step at every point
     budget = 4e12
-    plan, _ = plan_sweep(config, ["t1", "t2", "t3"], budget=budget, mode="iso_flop", points=4)
+    plan, _ = plan_sweep(config, ["s2", "s4", "s5"], budget=budget, mode="iso_flop", points=4)
     assert plan["compute_grid"] == pytest.approx([budget / 8, budget / 4, budget / 2, budget])
     for n, p in plan["sizes"].items():
         f = p["flops_per_step"]
@@ -135,15 +135,15 @@ def test_sweep_flops_match_hand_count_and_plan_bookkeeping():
             assert q["compute"] == q["steps"] * f
             assert abs(q["compute"] - q["nominal_compute"]) <= f / 2
             assert q["steps"] >= plan["min_steps"]
-    steps = [plan["sizes"][n]["total_steps"] for n in ("t1", "t2", "t3")]
+    steps = [plan["sizes"][n]["total_steps"] for n in ("s2", "s4", "s5")]
     assert steps[0] > steps[1] > steps[2]
     # iso-steps: the same steps for every size, set by the largest size's budget
-    plan2, _ = plan_sweep(config, ["t1", "t2", "t3"], budget=budget, mode="iso_steps", points=8)
+    plan2, _ = plan_sweep(config, ["s2", "s4", "s5"], budget=budget, mode="iso_steps", points=8)
     steps = {p["total_steps"] for p in plan2["sizes"].values()}
     assert len(steps) == 1
-    assert abs(plan2["sizes"]["t3"]["total_compute"] - budget) <= plan2["sizes"]["t3"]["flops_per_step"] / 2
+    assert abs(plan2["sizes"]["s5"]["total_compute"] - budget) <= plan2["sizes"]["s5"]["flops_per_step"] / 2
     with pytest.raises(ValueError, match="raise --budget"):
-        plan_sweep(config, ["t3"], budget=1e9, mode="iso_flop")
+        plan_sweep(config, ["s5"], budget=1e9, mode="iso_flop")
     with pytest.raises(ValueError, match="unknown sweep size"):
         plan_sweep(config, ["nope"], budget=budget)
 
@@ -249,18 +249,18 @@ def test_toy_sweep_runs_and_resumes(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     cmd = [sys.executable, "-m", "infinity_jax.scaling", "run", "--config=configs/scaling_toy.py:points=2",
-           "--config.validation.num_images=32", "--config.sweep.min_steps=5", "--sizes=t1,t2,t3", "--budget=3e10",
+           "--config.validation.num_images=32", "--config.sweep.min_steps=5", "--sizes=s1,s2,s3", "--budget=1e10",
            "--mode=iso_flop",
            f"--workdir={tmp_path}"]
     root = pathlib.Path(__file__).resolve().parents[2]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    recs = [json.loads(x) for x in (tmp_path / "t2" / "validation.jsonl").read_text().splitlines()]
-    plan = json.loads((tmp_path / "t2" / "plan.json").read_text())
-    assert [q["steps"] for q in recs] == [q["steps"] for q in plan["points"]]
+    recs = [json.loads(x) for x in (tmp_path / "s2" / "validation.jsonl").read_text().splitlines()]
+    plan = json.loads((tmp_path / "s2" / "plan.json").read_text())
+    assert [r["step"] for r in recs] == [q["steps"] for q in plan["points"]]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=900)  # resumes: nothing to do
     assert r.returncode == 0 and "validated already" in r.stderr + r.stdout
-    r = subprocess.run([c if not c.startswith("--budget") else "--budget=6e10" for c in cmd], capture_output=True,
+    r = subprocess.run([c if not c.startswith("--budget") else "--budget=2e10" for c in cmd], capture_output=True,
                        text=True, env=env, cwd=root, timeout=900)
     assert r.returncode == 2 and "another plan" in r.stderr
     r = subprocess.run([sys.executable, "-m", "infinity_jax.scaling", "analyze", f"--workdir={tmp_path}", "--n_boot=10"],
