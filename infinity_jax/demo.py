@@ -5,12 +5,12 @@ r"""The embedded default: a text-to-image model trained and measured on a laptop
 
 Stages (each one resumes if the run is interrupted; a finished stage is skipped):
 
-1. ``tokenizer``: a BSQ-VAE (64x64 images, patch 8, d=16) trained on the synthetic ``shapes``
+1. ``tokenizer``: a BSQ-VAE (32x32 images, patch 2, d=16) trained on the synthetic ``shapes``
    data with the BSQ losses (:mod:`infinity_jax.training.tokenizer_trainer`); its held-out PSNR is
    measured on true renders of the held-out prompts;
-2. ``text``: a SentencePiece model trained on the training captions and a tiny T5 encoder,
-   randomly initialised and frozen: the caption features are a fixed function of the tokens
-   (no pretrained weights exist here);
+2. ``text``: a SentencePiece model trained on the training captions and a tiny T5 encoder
+   trained on them by masked-token denoising (:mod:`infinity_jax.text.pretrain`; no pretrained
+   weights exist here), then frozen as Infinity's Flan-T5 is;
 3. ``infinity``: a tiny Infinity trained by the main trainer with Bitwise Self-Correction on the
    shapes captions, then written as an inference bundle (``python -m infinity_jax.generate --ckpt
    WORKDIR/bundle`` works on it);
@@ -162,7 +162,8 @@ def stage_tokenizer(config, workdir: pathlib.Path) -> dict:
 
 
 def stage_text(config, workdir: pathlib.Path) -> dict:
-    from infinity_jax.data.shapes import caption_stream  # noqa: PLC0415
+    from infinity_jax.data.shapes import caption_stream, heldout_prompts  # noqa: PLC0415
+    from infinity_jax.text.pretrain import pretrain_encoder  # noqa: PLC0415
     from infinity_jax.text.t5 import T5Config  # noqa: PLC0415
     from infinity_jax.text.train_tokenizer import build_tiny_t5, train_sentencepiece  # noqa: PLC0415
 
@@ -183,9 +184,15 @@ def stage_text(config, workdir: pathlib.Path) -> dict:
     tok = T5Tokenizer.from_folder(folder)
     lens = tok(corpus[:2000], max_length=None).lens
     proc = spm.SentencePieceProcessor(model_proto=sp)
+    p = t.pretrain
+    pre = None
+    if int(p.steps) > 0:  # masked-token denoising on the training captions (held-out ones: measured only)
+        held = [c for c, _, _ in heldout_prompts()]
+        pre = pretrain_encoder(folder, corpus, heldout=held, steps=int(p.steps), batch_size=int(p.batch_size),
+                               mask_rate=float(p.mask_rate), lr=float(p.lr), max_len=int(t.max_len), seed=int(t.seed))
     return {"folder": str(folder), "pieces": int(proc.get_piece_size()), "words": len(words),
             "example": proc.encode(corpus[4], out_type=str), "captions": len(corpus), "max_tokens": int(lens.max()),
-            "mean_tokens": float(lens.mean()), "t5": dict(t.t5), "frozen_random_init": True}
+            "mean_tokens": float(lens.mean()), "t5": dict(t.t5), "pretrain": pre}
 
 
 def infinity_config(config, workdir: pathlib.Path):
@@ -302,9 +309,12 @@ def write_report(config, workdir: pathlib.Path, info: dict, total_seconds: float
                   f"{tok['images']} true renders of the held-out prompts; the evaluator scores the reconstructions "
                   f"{tok['recon_eval_overall']:.3f} overall (true renders: {tok['true_render_eval_overall']:.3f}).", ""]
     if txt:
+        pre = txt.get("pretrain")
+        how = (f"trained {pre['steps']} steps by masked-token denoising on the training captions (masked-word "
+               f"accuracy on the held-out prompts {pre['heldout_accuracy_before']:.2f} -> "
+               f"{pre['heldout_accuracy_after']:.2f}), then frozen" if pre else "randomly initialised and frozen")
         lines += [f"Text: SentencePiece ({txt.get('pieces')} pieces) on {txt['captions']} training captions; tiny T5 "
-                  f"encoder (d_model {txt['t5']['d_model']}, {txt['t5']['num_layers']} layers), randomly initialised "
-                  f"and frozen.", ""]
+                  f"encoder (d_model {txt['t5']['d_model']}, {txt['t5']['num_layers']} layers), {how}.", ""]
     if inf:
         lines += [f"Infinity: {inf['params']:,} parameters, {inf['steps']} steps of batch {inf['batch_size']} with "
                   f"Bitwise Self-Correction; last loss {inf.get('last_loss', float('nan')):.4f}, bit accuracy "

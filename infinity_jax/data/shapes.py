@@ -26,16 +26,20 @@ Categories (``index % 6`` picks the category, so any window of 6 consecutive ind
                     (colours differ and shapes differ)
   ================  ===========================================  ==================================
 
-Held-out prompts (:func:`heldout_prompts`), disjoint from the training stream *by construction*:
+Held-out prompts (:func:`heldout_prompts`): 86 captions the training stream never emits verbatim
+(GenEval-style: every word, shape and colour is seen in training, the held-out combination is not):
 
-* :data:`HELDOUT_PAIRS`: six (colour, shape) pairs that no training caption names and no training
-  image shows (colour-free objects in training are painted in allowed colours only);
 * :data:`HELDOUT_SINGLE`: shapes never captioned alone ("a triangle") in training (they do
   appear with a colour, a count or a partner);
-* :data:`HELDOUT_SHAPE_PAIRS`: unordered shape pairs never captioned as a colour-free two_object.
+* :data:`HELDOUT_SHAPE_PAIRS`: unordered shape pairs never captioned as a colour-free two_object;
+* :data:`HELDOUT_PAIRS`: six (colour, shape) pairs (one per colour, every shape covered) never
+  captioned alone, neither as "a red star" (colors) nor as "one red star" (counting); they appear
+  in training only with a count of 2-4, a partner or a relation;
+* counting: for every count 2-4, six more (colour, shape) pairs are held out at that count only;
+* position and color_attr: fixed random two-object captions (6 per relation, 24 colour
+  bindings), each naming at least one of :data:`HELDOUT_PAIRS`.
 
-Every held-out prompt uses one of these, :func:`is_heldout` tells, and the training sampler never
-draws them.
+:func:`is_heldout` tells, and the training sampler redraws any prompt it would emit.
 
 Spec (JSON-serialisable)::
 
@@ -87,7 +91,8 @@ NUMBERS: tuple[str, ...] = ("one", "two", "three", "four")
 RELATIONS: dict[str, str] = {"left_of": "to the left of", "right_of": "to the right of",
                              "above": "above", "below": "below"}
 
-#: (colour, shape) pairs never named nor shown in training: one per colour, every shape covered.
+#: (colour, shape) pairs never captioned alone in training (colors / counting at 1): one per colour,
+#: every shape covered.
 HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset({
     ("red", "star"), ("yellow", "square"), ("green", "circle"),
     ("cyan", "triangle"), ("blue", "cross"), ("purple", "circle"),
@@ -99,12 +104,11 @@ HELDOUT_SHAPE_PAIRS: frozenset[frozenset[str]] = frozenset({
     frozenset({"circle", "star"}), frozenset({"square", "triangle"}), frozenset({"cross", "circle"}),
 })
 
-ALLOWED_PAIRS: tuple[tuple[str, str], ...] = tuple(
-    (c, s) for c in COLORS for s in SHAPES if (c, s) not in HELDOUT_PAIRS)
+#: Every (colour, shape) pair: all of them are drawn in training.
+ALLOWED_PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLORS for s in SHAPES)
 _TRAIN_SINGLE = tuple(s for s in SHAPES if s not in HELDOUT_SINGLE)
 _TRAIN_SHAPE_PAIRS = tuple((a, b) for a in SHAPES for b in SHAPES
                            if a != b and frozenset({a, b}) not in HELDOUT_SHAPE_PAIRS)
-_ALLOWED_COLORS = {s: tuple(c for c in COLORS if (c, s) not in HELDOUT_PAIRS) for s in SHAPES}
 
 # Layout constants (image units).
 _MARGIN = 0.04          # min distance from an object's box to the image border
@@ -161,15 +165,13 @@ def prompt_spec(spec: dict) -> dict:
 
 
 def is_heldout(spec: dict) -> bool:
-    """Whether a prompt spec uses a held-out combination (so the training stream never emits it)."""
+    """Whether a prompt spec's caption is one of the held-out prompts (the training stream never emits it)."""
     cat, objs = spec["category"], spec["objects"]
-    if any((o.get("color"), o["shape"]) in HELDOUT_PAIRS for o in objs):
-        return True
-    if cat == "single_object" and objs[0]["shape"] in HELDOUT_SINGLE:
-        return True
-    if cat == "two_object" and frozenset(o["shape"] for o in objs) in HELDOUT_SHAPE_PAIRS:
-        return True
-    return False
+    if cat == "single_object":
+        return objs[0]["shape"] in HELDOUT_SINGLE
+    if cat == "two_object":
+        return frozenset(o["shape"] for o in objs) in HELDOUT_SHAPE_PAIRS
+    return caption_for(spec) in _heldout_captions()
 
 
 def _rng(seed: int, index: int, salt: int = 0) -> np.random.Generator:
@@ -186,32 +188,37 @@ def sample_prompt(index: int, seed: int = 0) -> tuple[str, dict, str]:
     cat = CATEGORIES[index % len(CATEGORIES)]
     rng = _rng(seed, index, salt=1)
 
+    while True:  # redraw the (rare) held-out captions
+        spec = _draw_prompt(cat, rng)
+        if not is_heldout(spec):
+            return caption_for(spec), spec, cat
+
+
+def _draw_prompt(cat: str, rng: np.random.Generator) -> dict:
     def pair() -> tuple[str, str]:
         return ALLOWED_PAIRS[rng.integers(len(ALLOWED_PAIRS))]
 
     if cat == "single_object":
-        spec = make_spec(cat, [_obj(_TRAIN_SINGLE[rng.integers(len(_TRAIN_SINGLE))], None)])
-    elif cat == "two_object":
+        return make_spec(cat, [_obj(_TRAIN_SINGLE[rng.integers(len(_TRAIN_SINGLE))], None)])
+    if cat == "two_object":
         a, b = _TRAIN_SHAPE_PAIRS[rng.integers(len(_TRAIN_SHAPE_PAIRS))]
-        spec = make_spec(cat, [_obj(a, None), _obj(b, None)])
-    elif cat == "counting":
+        return make_spec(cat, [_obj(a, None), _obj(b, None)])
+    if cat == "counting":
         c, s = pair()
-        spec = make_spec(cat, [_obj(s, c, int(rng.integers(1, 5)))])
-    elif cat == "colors":
+        return make_spec(cat, [_obj(s, c, int(rng.integers(1, 5)))])
+    if cat == "colors":
         c, s = pair()
-        spec = make_spec(cat, [_obj(s, c)])
-    elif cat == "position":
+        return make_spec(cat, [_obj(s, c)])
+    if cat == "position":
         (c1, s1), (c2, s2) = pair(), pair()
         while (c1, s1) == (c2, s2):
             c2, s2 = pair()
         rel = tuple(RELATIONS)[rng.integers(len(RELATIONS))]
-        spec = make_spec(cat, [_obj(s1, c1), _obj(s2, c2)], {"type": rel, "subject": 0, "object": 1})
-    else:  # color_attr
-        (c1, s1), (c2, s2) = pair(), pair()
-        while c1 == c2 or s1 == s2:
-            c2, s2 = pair()
-        spec = make_spec(cat, [_obj(s1, c1), _obj(s2, c2)])
-    return caption_for(spec), spec, cat
+        return make_spec(cat, [_obj(s1, c1), _obj(s2, c2)], {"type": rel, "subject": 0, "object": 1})
+    (c1, s1), (c2, s2) = pair(), pair()  # color_attr
+    while c1 == c2 or s1 == s2:
+        c2, s2 = pair()
+    return make_spec(cat, [_obj(s1, c1), _obj(s2, c2)])
 
 
 def caption_stream(seed: int = 0, start: int = 0, stop: int | None = None) -> Iterator[str]:
@@ -235,10 +242,10 @@ def _relation_ok(rel: str, a, b, min_d: float = _POS_MIN_D) -> bool:
     return d >= min_d and abs(o) <= _POS_MAX_ORTHO * d
 
 
-def layout(spec: dict, seed: int = 0, *, train: bool = False) -> dict:
+def layout(spec: dict, seed: int = 0) -> dict:
     """A copy of ``spec`` with a random ``background`` and non-overlapping ``instances``.
 
-    Colour-free objects get a random palette colour (``train``: allowed pairs only). Position
+    Colour-free objects get a random palette colour. Position
     specs place the subject clearly on the named side of the object (axis displacement >= 0.28,
     orthogonal <= half of that).
     """
@@ -250,8 +257,7 @@ def layout(spec: dict, seed: int = 0, *, train: bool = False) -> dict:
         for _ in range(o["count"]):
             color = o["color"]
             if color is None:
-                choices = _ALLOWED_COLORS[o["shape"]] if train else tuple(COLORS)
-                color = choices[rng.integers(len(choices))]
+                color = tuple(COLORS)[rng.integers(len(COLORS))]
             kinds.append((k, o["shape"], color))
     n = len(kinds)
     lo, hi = _SIZE_RANGE[min(n, 4)]
@@ -363,7 +369,7 @@ def render(spec: dict, size: int = 64, seed: int = 0) -> np.ndarray:
 def sample(index: int, size: int = 64, seed: int = 0) -> dict:
     """Training item ``index``: ``dict(image (size, size, 3) uint8, caption str, spec dict, category str)``."""
     caption, spec, cat = sample_prompt(index, seed)
-    spec = layout(spec, _rng(seed, index, salt=3), train=True)
+    spec = layout(spec, _rng(seed, index, salt=3))
     return {"image": render(spec, size), "caption": caption, "spec": spec, "category": cat}
 
 
@@ -423,9 +429,14 @@ def _heldout() -> tuple[tuple[str, str, str], ...]:
     out += [make_spec("two_object", [_obj(a, None), _obj(b, None)]) for a in SHAPES for b in SHAPES
             if a != b and frozenset({a, b}) in HELDOUT_SHAPE_PAIRS]
     held = sorted(HELDOUT_PAIRS, key=lambda p: (list(COLORS).index(p[0]), SHAPES.index(p[1])))
-    # counting: every held-out pair at every count.
-    out += [make_spec("counting", [_obj(s, c, n)]) for c, s in held for n in range(1, 5)]
-    # colors: every held-out pair.
+    # counting: the held-out pairs at 1; six other pairs at each of 2, 3, 4 (each pair held out at one
+    # count at most, so every pair is still counted in training).
+    others = [p for p in ALLOWED_PAIRS if p not in HELDOUT_PAIRS]
+    picked = [others[i] for i in rng.permutation(len(others))[:18]]
+    out += [make_spec("counting", [_obj(s, c, 1)]) for c, s in held]
+    out += [make_spec("counting", [_obj(s, c, n)]) for n in (2, 3, 4)
+            for c, s in sorted(picked[6 * (n - 2):6 * (n - 1)], key=ALLOWED_PAIRS.index)]
+    # colors: the held-out pairs.
     out += [make_spec("colors", [_obj(s, c)]) for c, s in held]
     pairs = [(c, s) for c in COLORS for s in SHAPES]
     # position: 6 per relation, each with >= 1 held-out pair.
@@ -439,8 +450,12 @@ def _heldout() -> tuple[tuple[str, str, str], ...]:
              for (c1, s1), (c2, s2) in itertools.permutations(pairs, 2)
              if c1 != c2 and s1 != s2 and ((c1, s1) in HELDOUT_PAIRS or (c2, s2) in HELDOUT_PAIRS)]
     out += _pick(cands, 24, rng)
-    assert all(is_heldout(s) for s in out)
     return tuple((caption_for(s), json.dumps(s), s["category"]) for s in out)
+
+
+@functools.lru_cache(maxsize=None)
+def _heldout_captions() -> frozenset[str]:
+    return frozenset(c for c, _, _ in _heldout())
 
 
 def heldout_prompts() -> list[tuple[str, dict, str]]:

@@ -275,11 +275,7 @@ class Validator:
     def _encoder(self):
         """The trainer's frozen tokenizer encoder (its own preprocessing), jitted for the validation batch."""
         t = self.trainer
-        encode = getattr(t, "_encode", None)
-        if encode is None:
-            def encode(vae_params, images):
-                x = images.astype(jnp.float32) / 127.5 - 1.0
-                return t.vae_md.merge(vae_params)(x.astype(jnp.dtype(t.vcfg.dtype))).astype(jnp.float32)
+        encode = t.encode_images
         return jax.jit(encode, in_shardings=(t.vae_md.shardings, t.batch_sharding), out_shardings=t.batch_sharding)
 
     def features(self) -> list:

@@ -348,7 +348,9 @@ class Trainer:
                             short_caption_prob=float(self.config.text.short_caption_prob), aspect_cache=cache)
 
     # -- the step ---------------------------------------------------------------------------
-    def _encode(self, vae_params, images):
+    def encode_images(self, vae_params, images):
+        """The frozen tokenizer's features of uint8 ``images (B, H, W, 3)`` -> ``(B, h, w, d)`` float32
+        (a pure function: jit it, or call it inside a step; used by validation and sweeps too)."""
         enc = self.vae_md.merge(vae_params)
         x = images.astype(jnp.float32) / 127.5 - 1.0
         return enc(x.astype(jnp.dtype(self.vcfg.dtype))).astype(jnp.float32)
@@ -363,7 +365,7 @@ class Trainer:
         def step(state, vae_params, batch):
             key = jax.random.fold_in(jax.random.PRNGKey(int(c.seed)), state["step"])
             k_bsc, k_model = jax.random.split(key)
-            feats = batch["features"] if "features" in batch else self._encode(vae_params, batch["image"])
+            feats = batch["features"] if "features" in batch else self.encode_images(vae_params, batch["image"])
             feats = jax.lax.stop_gradient(feats)
             out_bsc = flip_requant(feats, scales, k_bsc if bsc.enabled else None, strength=float(bsc.strength),
                                    apply_layers=int(bsc.apply_layers), patchify=mcfg.apply_spatial_patchify)
@@ -434,7 +436,7 @@ class Trainer:
         if key not in self._compiled:
             H, W = self.buckets[bucket_id].pixel
             spec = jax.ShapeDtypeStruct((self.global_batch, H, W, 3), jnp.uint8, sharding=self.batch_sharding)
-            fn = jax.jit(self._encode, in_shardings=(self.vae_md.shardings, self.batch_sharding),
+            fn = jax.jit(self.encode_images, in_shardings=(self.vae_md.shardings, self.batch_sharding),
                          out_shardings=self.batch_sharding)
             with jax.set_mesh(self.mesh):
                 self._compiled[key] = fn.lower(self.vae_md.abstract_params(), spec).compile()
