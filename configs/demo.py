@@ -73,8 +73,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     i.text.update(source="t5", t5_path="", max_len=16, short_caption_prob=0.0)
     i.data.update(source="factory", factory="infinity_jax.demo:shapes_source",
                   factory_kwargs=dict(size=c.image_size, seed=0, length=200_000), num_threads=2, prefetch=2, workers=0)
-    i.batch_size = 32
-    i.total_steps = 700
+    i.batch_size = 16
+    i.total_steps = 1400
     i.optim.update(lr=1.5e-3, b2=0.98, wd=0.01, clip=2.0, warmup_steps=50, schedule="cosine", final_ratio=0.1,
                    ema_decay=0.0)
     i.loss.update(reweight_by_scale=True, label_smoothing=0.0)

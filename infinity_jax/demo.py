@@ -250,7 +250,7 @@ def stage_generate(config, workdir: pathlib.Path) -> dict:
     B = int(g.batch)
     n_prev = int(config.eval.previews)
     images = np.zeros((len(seeds), len(prompts), int(config.image_size), int(config.image_size), 3), np.uint8)
-    preview_paths = []
+    preview_paths, preview_caps = [], []
     # previews: the first prompt of a few categories
     prev_idx = []
     for cat in S.CATEGORIES:
@@ -271,9 +271,13 @@ def stage_generate(config, workdir: pathlib.Path) -> dict:
                     strip(res.previews[k] + [res.images[k]]).resize(
                         ((len(res.previews[k]) + 1) * 128 + 2 * len(res.previews[k]), 128)).save(path)
                     preview_paths.append(str(path))
+                    preview_caps.append(captions[j])
             bar.update(len(idx))
     bar.close()
     gen_seconds = time.perf_counter() - t0
+    if preview_paths:
+        coarse_to_fine_figure(preview_paths, preview_caps, config.schedule,
+                              results / "coarse_to_fine.png")
     flat = images.reshape(-1, *images.shape[2:])
     flat_specs = [specs[j] for _ in seeds for j in range(len(prompts))]
     res = E.evaluate(flat, flat_specs)
@@ -285,7 +289,43 @@ def stage_generate(config, workdir: pathlib.Path) -> dict:
     np.savez_compressed(results / "generated.npz", images=images, captions=np.asarray(captions))
     return {"overall": res["overall"], "per_category": res["per_category"], "counts": res["counts"],
             "images": int(flat.shape[0]), "seeds": seeds, "generation_seconds": gen_seconds,
-            "grid": str(results / "heldout_grid.png"), "previews": preview_paths}
+            "grid": str(results / "heldout_grid.png"), "previews": preview_paths,
+            "coarse_to_fine": str(results / "coarse_to_fine.png") if preview_paths else None}
+
+
+def coarse_to_fine_figure(strips: list, captions: list, schedule, path: pathlib.Path) -> None:
+    """Stack the preview strips (one per prompt) under a header naming the token grid of each column."""
+    from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415
+
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    ims = [Image.open(p).convert("RGB") for p in strips]
+    n_cols = len(schedule) + 1
+    cell = (ims[0].width + 2) // n_cols
+    label_w, head = 260, 22
+    out = Image.new("RGB", (label_w + ims[0].width, head + sum(im.height + 6 for im in ims)), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    for k, (h, w) in enumerate(tuple(s) for s in schedule):
+        draw.text((label_w + k * cell + 4, 4), f"after {h}x{w}", fill=(0, 0, 0), font=font)
+    draw.text((label_w + len(schedule) * cell + 4, 4), "image", fill=(0, 0, 0), font=font)
+    y = head
+    for im, cap in zip(ims, captions):
+        out.paste(im, (label_w, y))
+        words, line, lines = cap.split(), "", []
+        for wd in words:
+            trial = f"{line} {wd}".strip()
+            if draw.textlength(trial, font=font) > label_w - 12 and line:
+                lines.append(line)
+                line = wd
+            else:
+                line = trial
+        lines.append(line)
+        for j, ln in enumerate(lines):
+            draw.text((6, y + im.height // 2 - 8 * len(lines) + 16 * j), ln, fill=(0, 0, 0), font=font)
+        y += im.height + 6
+    out.save(path)
 
 
 # ------------------------------------------------------------------------------------- report --
