@@ -14,7 +14,7 @@ Stages (each one resumes if the run is interrupted; a finished stage is skipped)
 3. ``infinity``: a tiny Infinity trained by the main trainer with Bitwise Self-Correction on the
    shapes captions, then written as an inference bundle (``python -m infinity_jax.generate --ckpt
    WORKDIR/bundle`` works on it);
-4. ``generate``: the held-out prompts (never seen in training) are generated, progressive previews
+4. ``generate``: the held-out prompts (captions never emitted in training) are generated, progressive previews
    of a few are drawn, the shapes evaluator scores the images, and the pictures, scores and a
    report are written.
 
@@ -84,9 +84,12 @@ def apply_overrides(config, argv: list[str]) -> list[str]:
             key, _, value = a[len("--config."):].partition("=")
             node = config
             *parents, leaf = key.split(".")
-            for k in parents:
-                node = node[k]
-            old = node[leaf]
+            try:
+                for k in parents:
+                    node = node[k]
+                old = node[leaf]
+            except (KeyError, AttributeError, TypeError):
+                _fail(f"--config.{key}: no such field in the demo config")
             try:
                 new = ast.literal_eval(value)
             except (ValueError, SyntaxError):
@@ -128,6 +131,12 @@ class Stages:
     def add_attempt_time(self, name: str, seconds: float) -> None:
         p = self.dir / f"{name}.partial"
         p.write_text(str(self.attempt_time(name) + seconds))
+
+
+def _fail(msg: str) -> None:
+    """A user mistake: one line on stderr, exit status 2 (no traceback, no usage dump)."""
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def _say(msg: str) -> None:
@@ -456,11 +465,14 @@ def main(argv):
 
     rest = argv[1:]
     if rest and any(not a.startswith("--config.") for a in rest):
-        raise app.UsageError(f"unexpected arguments: {' '.join(rest)}")
+        _fail(f"unexpected arguments: {' '.join(rest)}")
     F = flags.FLAGS
     if not F.workdir:
-        raise app.UsageError("--workdir is required")
-    config = load_config(F.config, F.quick)
+        _fail("--workdir is required (the folder for every output; a second run resumes)")
+    try:
+        config = load_config(F.config, F.quick)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
     apply_overrides(config, rest)
     logging.getLogger().setLevel(logging.INFO)
     absl_logging.set_verbosity(absl_logging.INFO)

@@ -86,3 +86,17 @@ def test_demo_resumes_after_a_stopped_stage(tmp_path):
     assert not (work / "stages" / "infinity.json").exists()
     tok = json.loads((work / "stages" / "tokenizer.json").read_text())
     assert tok["steps"] == 4
+
+
+def test_demo_user_mistakes_get_one_line_errors(tmp_path):
+    """A missing config file or an unknown override is a usage error, not a traceback."""
+    for args, needle in ((["--config", str(tmp_path / "nope.py")], "not found"),
+                         (["--config.infinity.no_such_field=3"], "no such field"),
+                         ([], "--workdir is required")):
+        cmd = [sys.executable, "-m", "infinity_jax.demo", *args]
+        if "--workdir" not in needle:
+            cmd += ["--workdir", str(tmp_path / "w")]
+        proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0
+        assert needle in proc.stderr + proc.stdout, (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
