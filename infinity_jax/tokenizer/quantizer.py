@@ -80,25 +80,39 @@ def _grid(scale: Sequence[int]) -> tuple[int, int]:
     return int(scale[-2]), int(scale[-1])
 
 
-def multiscale_quantize(features: jax.Array, schedule: Sequence[Sequence[int]]) -> MultiScaleOutput:
-    """Residual BSQ of ``features (B, H, W, d)`` over ``schedule``; the last grid must be (H, W)."""
+class ScaleStep(NamedTuple):
+    """One scale of the residual quantization: the resized residual ``r``, its code ``q`` and bits
+    (``(B, h, w, d)``), and the running sum of upsampled codes ``summed`` (``(B, H, W, d)``)."""
+
+    residual: jax.Array
+    code: jax.Array
+    bits: jax.Array
+    summed: jax.Array
+
+
+def residual_scales(features: jax.Array, schedule: Sequence[Sequence[int]]) -> list[ScaleStep]:
+    """Residual BSQ of ``features (B, H, W, d)`` over ``schedule``, scale by scale (last grid = (H, W))."""
     B, H, W, d = features.shape
     if _grid(schedule[-1]) != (H, W):
         raise ValueError(f"last scale {tuple(schedule[-1])} does not match the latent grid {(H, W)}")
     x = features.astype(jnp.float32)
     residual = x
     summed = jnp.zeros_like(x)
-    all_bits, all_codes = [], []
+    steps = []
     for scale in schedule:
-        hw = _grid(scale)
-        r = area_resize(residual, hw)
+        r = area_resize(residual, _grid(scale))
         q, bits = bsq(r)
         up = bilinear_resize(q, (H, W))
         residual = residual - jax.lax.stop_gradient(up)
         summed = summed + up
-        all_bits.append(bits)
-        all_codes.append(q)
-    return MultiScaleOutput(summed, all_bits, all_codes)
+        steps.append(ScaleStep(r, q, bits, summed))
+    return steps
+
+
+def multiscale_quantize(features: jax.Array, schedule: Sequence[Sequence[int]]) -> MultiScaleOutput:
+    """Residual BSQ of ``features (B, H, W, d)`` over ``schedule``; the last grid must be (H, W)."""
+    steps = residual_scales(features, schedule)
+    return MultiScaleOutput(steps[-1].summed, [s.bits for s in steps], [s.code for s in steps])
 
 
 def codes_from_bits(bits_list: Sequence[jax.Array], grid: tuple[int, int] | None = None) -> jax.Array:

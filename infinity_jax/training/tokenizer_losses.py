@@ -37,8 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infinity_jax.tokenizer.quantizer import bsq, l2_normalize
-from infinity_jax.tokenizer.resample import area_resize, bilinear_resize
+from infinity_jax.tokenizer.quantizer import l2_normalize, residual_scales
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -64,25 +63,9 @@ class QuantizeAux(NamedTuple):
 
 def quantize_with_aux(features: jax.Array, schedule: Sequence[Sequence[int]]) -> QuantizeAux:
     """Multi-scale residual BSQ of ``features (B, H, W, d)``; same codes as ``multiscale_quantize``."""
-    B, H, W, d = features.shape
-    if tuple(int(v) for v in schedule[-1][-2:]) != (H, W):
-        raise ValueError(f"last scale {tuple(schedule[-1])} does not match the latent grid {(H, W)}")
-    x = features.astype(jnp.float32)
-    residual = x
-    summed = jnp.zeros_like(x)
-    bits_l, codes_l, norm_l, part_l = [], [], [], []
-    for scale in schedule:
-        hw = (int(scale[-2]), int(scale[-1]))
-        r = area_resize(residual, hw)
-        q, bits = bsq(r)
-        up = bilinear_resize(q, (H, W))
-        residual = residual - jax.lax.stop_gradient(up)
-        summed = summed + up
-        bits_l.append(bits)
-        codes_l.append(q)
-        norm_l.append(l2_normalize(r))
-        part_l.append(summed)
-    return QuantizeAux(summed, bits_l, codes_l, norm_l, part_l)
+    steps = residual_scales(features, schedule)
+    return QuantizeAux(steps[-1].summed, [s.bits for s in steps], [s.code for s in steps],
+                       [l2_normalize(s.residual) for s in steps], [s.summed for s in steps])
 
 
 def commitment_loss(codes: Sequence[jax.Array], normalized: Sequence[jax.Array]) -> jax.Array:
