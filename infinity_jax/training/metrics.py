@@ -14,7 +14,7 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -53,8 +53,14 @@ class MetricsLogger:
     """Writes every step's metrics (process 0 only): stdout, ``metrics.jsonl``, TensorBoard, tqdm."""
 
     def __init__(self, workdir: str | None, *, total_steps: int, start_step: int = 0, tensorboard: bool = True,
-                 progress: bool = True, is_primary: bool = True, print_every: int = 1):
+                 progress: bool = True, is_primary: bool = True, print_every: int = 1,
+                 format_fn: Callable[[int, Mapping[str, float]], str] | None = None, tag_prefix: str = "",
+                 desc: str | None = None):
+        """``format_fn(step, metrics)`` makes the printed line (default :func:`format_line`);
+        ``tag_prefix`` is put before TensorBoard tags that have no ``/``; ``desc`` labels the bar."""
         self.is_primary = is_primary
+        self.format_fn = format_fn or format_line
+        self.tag_prefix = tag_prefix
         self.print_every = max(1, int(print_every))
         self.jsonl = None
         self.tb = None
@@ -74,9 +80,10 @@ class MetricsLogger:
         if progress and sys.stdout.isatty():
             from tqdm import tqdm  # noqa: PLC0415
 
-            self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
+            self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step", desc=desc)
 
-    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    def write(self, step: int, metrics: Mapping[str, float], line: str | None = None) -> None:
+        """Record ``metrics`` of ``step``; ``line``, when given, is printed as is (and the bar left alone)."""
         if not self.is_primary:
             return
         record = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
@@ -84,8 +91,11 @@ class MetricsLogger:
             self.jsonl.write(json.dumps(record) + "\n")
         if self.tb:
             for k, v in metrics.items():
-                self.tb.add_scalar(k, v, step)
-        line = format_line(step, metrics)
+                self.tb.add_scalar(k if not self.tag_prefix or "/" in k else f"{self.tag_prefix}/{k}", v, step)
+        if line is not None:
+            self.text(line)
+            return
+        line = self.format_fn(step, metrics)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix_str(line.split("| ", 1)[-1][:120], refresh=False)

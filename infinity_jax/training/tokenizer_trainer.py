@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import pathlib
-import sys
 import time
 from typing import Any
 
@@ -374,6 +373,7 @@ class TokenizerTrainer:
     def train(self) -> dict:
         """Run (or resume) to ``config.total_steps``; export the weights; return the last metrics."""
         from infinity_jax.training.checkpoint import Checkpointer  # noqa: PLC0415
+        from infinity_jax.training.metrics import MetricsLogger  # noqa: PLC0415
 
         c = self.config
         primary = jax.process_index() == 0
@@ -391,9 +391,9 @@ class TokenizerTrainer:
             step = 0
             msg = "started from scratch"
         total = int(c.total_steps)
-        logger = _Logger(self.workdir, total_steps=total, start_step=step, tensorboard=bool(c.log.tensorboard),
-                         progress=bool(c.log.progress), is_primary=primary, print_every=int(c.log.every),
-                         desc="tokenizer")
+        logger = MetricsLogger(self.workdir, total_steps=total, start_step=step, tensorboard=bool(c.log.tensorboard),
+                               progress=bool(c.log.progress), is_primary=primary, print_every=int(c.log.every),
+                               format_fn=format_line, tag_prefix="tokenizer", desc="tokenizer")
         n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(self._abs_params))
         logger.text(f"tokenizer: {msg}; {n_params:,} parameters; d={self.vcfg.codebook_dim}, patch "
                     f"{self.vcfg.patch_size}, images {self.image_hw[0]}x{self.image_hw[1]}"
@@ -481,58 +481,6 @@ class TokenizerTrainer:
 
     def model_from_params(self, params: dict):
         return nnx.merge(self.graphdef, self._state_of(jax.tree.map(jnp.asarray, params)))
-
-
-class _Logger:
-    """The Infinity trainer's :class:`MetricsLogger` outputs (stdout, metrics.jsonl, TensorBoard,
-    tqdm) with a tokenizer-specific progress line."""
-
-    def __init__(self, workdir, *, total_steps, start_step=0, tensorboard=True, progress=True, is_primary=True,
-                 print_every=1, desc=None):
-        from infinity_jax.training.metrics import MetricsLogger  # noqa: PLC0415
-
-        self.inner = MetricsLogger(workdir, total_steps=total_steps, start_step=start_step, tensorboard=tensorboard,
-                                   progress=False, is_primary=is_primary, print_every=print_every)
-        self.print_every = max(1, int(print_every))
-        self.is_primary = is_primary
-        self.bar = None
-        if is_primary and progress:
-            from tqdm import tqdm  # noqa: PLC0415
-
-            self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step", desc=desc,
-                            disable=None, file=sys.stdout)
-
-    def write(self, step: int, metrics: dict, line: str | None = None) -> None:
-        if not self.is_primary:
-            return
-        inner = self.inner
-        record = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
-        if inner.jsonl:
-            inner.jsonl.write(json.dumps(record) + "\n")
-        if inner.tb:
-            for k, v in metrics.items():
-                inner.tb.add_scalar(k if "/" in k else f"tokenizer/{k}", v, step)
-        if line is None:
-            line = format_line(step, metrics)
-            if self.bar is not None:
-                self.bar.update(step - self.bar.n)
-                self.bar.set_postfix_str(line.split("| ", 1)[-1][:100], refresh=False)
-            if step % self.print_every:
-                return
-        self.text(line)
-
-    def text(self, msg: str) -> None:
-        if not self.is_primary:
-            return
-        if self.bar is not None and not self.bar.disable:
-            self.bar.write(msg)
-        else:
-            print(msg, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.inner.close()
 
 
 def format_line(step: int, m: dict) -> str:
