@@ -16,21 +16,23 @@ Loss defaults follow the official ``vae_model`` namespace / bsq-vit where they a
 entropy 0.1 (gamma0 = gamma = 1). The perceptual term is a random-feature *proxy* (no VGG/LPIPS
 weights can be downloaded) and the GAN is off unless ``loss.gan.weight > 0``.
 """
+import importlib.util
+import pathlib
+
 import ml_collections
 
+_HERE = pathlib.Path(__file__).resolve().parent
 
-def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
-    """``'a=1,b=True,c=x'`` -> ConfigDict with typed values (types taken from the defaults)."""
-    out = ml_collections.ConfigDict(defaults)
-    for item in filter(None, (arg or "").split(",")):
-        key, _, value = item.partition("=")
-        if key not in defaults:
-            raise ValueError(f"unknown config argument {key!r}; known: {', '.join(defaults)}")
-        t = type(defaults[key])
-        if t is bool:
-            value = value.lower() in ("1", "true", "yes", "")
-        out[key] = t(value)
-    return out
+
+def _infinity_config():
+    spec = importlib.util.spec_from_file_location("_tokenizer_infinity_config", _HERE / "infinity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+#: ``'a=1,b=True,c=x'`` -> ConfigDict (the variant-string parser of ``configs/infinity.py``).
+parse_arg = _infinity_config().parse_arg
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
