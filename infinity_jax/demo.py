@@ -38,18 +38,19 @@ STAGES = ("tokenizer", "text", "infinity", "generate")
 
 # ------------------------------------------------------------------------------- data factories --
 
-def shapes_source(size: int = 64, seed: int = 0, length: int = 200_000):
+def shapes_source(size: int = 64, seed: int = 0, length: int = 200_000, style: str = "free", backgrounds=None):
     """The training source of the demo (a finite window of the endless shapes stream)."""
     from infinity_jax.data.shapes import ShapesSource  # noqa: PLC0415
 
-    return ShapesSource(size=int(size), seed=int(seed), length=int(length), spec_format=None)
+    return ShapesSource(size=int(size), seed=int(seed), length=int(length), spec_format=None, style=str(style),
+                        backgrounds=tuple(backgrounds) if backgrounds else None)
 
 
-def heldout_images(size: int = 64, seeds: int = 1):
+def heldout_images(size: int = 64, seeds: int = 1, style: str = "free", backgrounds=None):
     """True renders of the held-out prompts ``(86 * seeds, size, size, 3)`` uint8 (tokenizer PSNR)."""
     from infinity_jax.eval.shapes_eval import render_heldout  # noqa: PLC0415
 
-    return render_heldout(int(size), range(int(seeds)))[0]
+    return render_heldout(int(size), range(int(seeds)), str(style), tuple(backgrounds) if backgrounds else None)[0]
 
 
 # ------------------------------------------------------------------------------------- config --
@@ -154,7 +155,8 @@ def stage_tokenizer(config, workdir: pathlib.Path) -> dict:
     out = workdir / "tokenizer"
     trainer = TokenizerTrainer(config.tokenizer, str(out))
     last = trainer.train()
-    imgs, specs = E.render_heldout(int(config.image_size), range(int(config.eval.tokenizer_images_seeds)))
+    imgs, specs = E.render_heldout(int(config.image_size), range(int(config.eval.tokenizer_images_seeds)),
+                                   str(config.data.style), tuple(config.data.backgrounds))
     rec = trainer.reconstruct(trainer.final_params(), imgs)
     psnr = TL.psnr_uint8(imgs, rec)
     res = E.evaluate(rec, specs)
@@ -296,7 +298,16 @@ def stage_generate(config, workdir: pathlib.Path) -> dict:
               f"green = pass)", E.summary(res)]
     E._grid_png(images[0], res["per_image"][: len(prompts)], results / "heldout_grid.png", header)
     np.savez_compressed(results / "generated.npz", images=images, captions=np.asarray(captions))
-    return {"overall": res["overall"], "per_category": res["per_category"], "counts": res["counts"],
+    replay = None
+    if config.eval.prefix_replay:  # which scales lose the prompt: replay the first k from the true renders
+        from infinity_jax.eval import prefix_replay as PR  # noqa: PLC0415
+
+        true_imgs, true_specs = E.render_heldout(int(config.image_size), [0], str(config.data.style),
+                                                 tuple(config.data.backgrounds))
+        _say("prefix replay: scoring generation with the first k scales taken from the true renders")
+        replay = PR.prefix_replay_scores(pipe, captions, true_specs, true_imgs)
+        (results / "prefix_replay.json").write_text(json.dumps(replay, indent=1))
+    return {"overall": res["overall"], "prefix_replay": replay, "per_category": res["per_category"], "counts": res["counts"],
             "images": int(flat.shape[0]), "seeds": seeds, "generation_seconds": gen_seconds,
             "grid": str(results / "heldout_grid.png"), "previews": preview_paths,
             "coarse_to_fine": str(results / "coarse_to_fine.png") if preview_paths else None}
@@ -378,6 +389,12 @@ def write_report(config, workdir: pathlib.Path, info: dict, total_seconds: float
                   + ", ".join(f"`{os.path.relpath(p, workdir)}`" for p in gen["previews"])
                   + f" (progressive previews), `results/tokenizer_recon.png` (tokenizer: top true, bottom reconstructed).",
                   "", "Scores per image: `results/shapes_eval.json`, failures: `results/shapes_eval.md`.", ""]
+        if gen.get("prefix_replay"):
+            from infinity_jax.eval.prefix_replay import markdown  # noqa: PLC0415
+
+            lines += ["Where the prompt is lost: the first k scales replayed from the true render of each held-out "
+                      "prompt (seed 0), the rest sampled (`results/prefix_replay.json`):", "",
+                      markdown(gen["prefix_replay"], config.schedule), ""]
     text = "\n".join(lines)
     (res / "report.md").write_text(text)
     return text

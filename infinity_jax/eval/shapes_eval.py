@@ -237,13 +237,14 @@ def write_report(result: dict, out_dir: str | os.PathLike, name: str = "shapes_e
 
 # --------------------------------------------------------------------------- reference images --
 
-def render_heldout(size: int = 64, seeds: Sequence[int] = (0,)) -> tuple[np.ndarray, list[dict]]:
+def render_heldout(size: int = 64, seeds: Sequence[int] = (0,), style: str = "free",
+                   backgrounds: Sequence[str] | None = None) -> tuple[np.ndarray, list[dict]]:
     """True renders of every held-out prompt for each seed: images ``(P*len(seeds), size, size, 3)``
-    uint8 and their specs (prompt-major, seed-minor)."""
+    uint8 and their specs (prompt-major, seed-minor); ``style``, ``backgrounds`` as ``shapes.layout``."""
     imgs, specs = [], []
     for p, (_, spec, _) in enumerate(S.heldout_prompts()):
         for seed in seeds:
-            imgs.append(S.render(spec, size, seed=1000 * p + int(seed)))
+            imgs.append(S.render(spec, size, seed=1000 * p + int(seed), style=style, backgrounds=backgrounds))
             specs.append(spec)
     return np.stack(imgs), specs
 

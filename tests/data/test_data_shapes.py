@@ -158,3 +158,36 @@ def test_render_spec_any_size_and_seed():
     big, small = S.render(lay, 128).astype(np.float32), S.render(lay, 64).astype(np.float32)
     down = big.reshape(64, 2, 64, 2, 3).mean((1, 3))
     assert np.abs(down - small).mean() < 6  # the same layout at two resolutions
+
+
+def test_lattice_layout_and_backgrounds():
+    """The demo's stream: centres on the lattice, few sizes, one background; still valid layouts."""
+    src = S.ShapesSource(size=32, seed=3, spec_format="dict", style="lattice", backgrounds=("light gray",))
+    for i in range(300):
+        spec = src[i]["spec"]
+        inst = spec["instances"]
+        assert spec["background"] == "light gray"
+        for d in inst:
+            assert all(abs(c * S._LATTICE - round(c * S._LATTICE)) < 1e-6 for c in d["center"])
+            assert d["size"] in S._LATTICE_SIZES[min(len(inst), 4)]
+            half = d["size"] / 2
+            assert half <= d["center"][0] <= 1 - half and half <= d["center"][1] <= 1 - half
+        for p in range(len(inst)):
+            for q in range(p):
+                assert not S._overlaps(inst[p]["center"], inst[p]["size"], inst[q]["center"], inst[q]["size"], 0.0)
+        if spec["relation"] is not None:
+            rel = spec["relation"]
+            a = inst[[d["object"] for d in inst].index(rel["subject"])]
+            b = inst[[d["object"] for d in inst].index(rel["object"])]
+            assert S._relation_ok(rel["type"], a["center"], b["center"])
+    # captions and categories are those of the default stream; only the pictures differ
+    free = S.ShapesSource(size=32, seed=3, spec_format="dict")
+    assert [src[i]["caption"] for i in range(30)] == [free[i]["caption"] for i in range(30)]
+    assert any(free[i]["spec"]["instances"][0]["center"][0] * S._LATTICE % 1 > 1e-3 for i in range(30))
+
+
+def test_layout_style_errors():
+    with pytest.raises(ValueError, match="layout style"):
+        S.ShapesSource(style="grid")
+    with pytest.raises(ValueError, match="unknown backgrounds"):
+        S.layout(S.sample_prompt(0)[1], 0, "lattice", ("pink",))

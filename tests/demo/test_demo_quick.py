@@ -33,6 +33,20 @@ def _run(args, timeout):
     return proc, dt
 
 
+def _reconstruction_score(work, cfg) -> float:
+    """The evaluator on the bundle tokenizer's reconstructions of the held-out true renders (seed 0)."""
+    import jax.numpy as jnp
+
+    from infinity_jax.eval import shapes_eval as E
+    from infinity_jax.eval.prefix_replay import vae_grids
+    from infinity_jax.sampling.pipeline import Pipeline, to_uint8
+
+    pipe = Pipeline.from_checkpoint(work / "bundle")
+    imgs, specs = E.render_heldout(cfg["image_size"], [0], cfg["data"]["style"], cfg["data"]["backgrounds"])
+    rec = pipe.tokenizer(jnp.asarray(imgs, jnp.float32) / 127.5 - 1, schedule=vae_grids(pipe, pipe.schedule_for(1.0)))
+    return E.evaluate(to_uint8(rec), specs)["overall"]
+
+
 def test_demo_quick_end_to_end(tmp_path):
     work = tmp_path / "demo"
     proc, seconds = _run(["-m", "infinity_jax.demo", "--workdir", str(work), "--quick"], timeout=900)
@@ -63,6 +77,12 @@ def test_demo_quick_end_to_end(tmp_path):
     assert len(ev["per_image"]) == 86 and ev["overall"] == pytest.approx(s["overall"])
     report = (work / "results" / "report.md").read_text()
     assert "PSNR" in report and "overall" in report
+    # prefix replay: k = 0 .. K scales from the true renders; k = K is the tokenizer's reconstruction
+    rows = json.loads((work / "results" / "prefix_replay.json").read_text())
+    cfg = json.loads((work / "demo_config.json").read_text())
+    assert [r["replayed_scales"] for r in rows] == list(range(len(cfg["schedule"]) + 1))
+    assert all(0.0 <= r["overall"] <= 1.0 for r in rows) and "replayed from the true render" in report
+    assert rows[-1]["overall"] == pytest.approx(_reconstruction_score(work, cfg), abs=0.1)
     print(f"quick demo: {seconds:.0f} s wall, overall {s['overall']:.3f}, PSNR {s['tokenizer_psnr_heldout']:.2f} dB")
 
     # a second run resumes: every stage is skipped, the report is written again

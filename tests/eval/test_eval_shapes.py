@@ -17,6 +17,14 @@ def test_true_renders_of_heldout_prompts(size, seeds):
     assert res["overall"] >= 0.98
 
 
+def test_true_renders_of_the_demo_stream_at_32px():
+    """The demo trains and scores at 32x32 on the lattice layout: the evaluator must still pass the truth."""
+    imgs, specs = E.render_heldout(32, range(2), "lattice", ("light gray",))
+    res = E.evaluate(imgs, specs)
+    print(f"\ntrue renders 32px lattice: {E.summary(res)}")
+    assert res["overall"] >= 0.98 and min(res["per_category"].values()) >= 0.95, res["per_category"]
+
+
 @pytest.mark.parametrize("kind", ["uniform", "blobs"])
 def test_noise_is_near_chance(kind):
     _, specs = E.render_heldout(64, range(2))
