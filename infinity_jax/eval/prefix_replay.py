@@ -53,7 +53,7 @@ def prefix_replay_scores(pipe, prompts: Sequence[str], specs: Sequence[dict], im
     d = pipe.defaults
     settings = SamplingConfig(cfg=d.get("cfg", 3.0) if cfg is None else cfg,
                               tau=d.get("tau", 0.5) if tau is None else tau,
-                              top_k=int(d.get("top_k", 0)), top_p=float(d.get("top_p", 0.0)))
+                              top_k=int(d.get("top_k", 900)), top_p=float(d.get("top_p", 0.97)))  # as Pipeline
     gen = [[] for _ in range(K + 1)]
     for st in range(0, len(prompts), batch):
         sl = slice(st, st + batch)
@@ -79,8 +79,11 @@ def markdown(rows: Sequence[dict], schedule) -> str:
     lines = [head, "|---|---:|" + "---:|" * len(cats)]
     for r in rows:
         k = r["replayed_scales"]
-        what = "none (generation)" if k == 0 else (
-            f"scales 1-{k} (to {schedule[k - 1][-2]}x{schedule[k - 1][-1]})" + (" = reconstruction" if k == len(schedule) else ""))
+        if k == 0:
+            what = "none (generation)"
+        else:
+            what = (("scale 1" if k == 1 else f"scales 1-{k}") + f" (to {schedule[k - 1][-2]}x{schedule[k - 1][-1]})"
+                    + (" = reconstruction" if k == len(schedule) else ""))
         lines.append(f"| {what} | {r['overall']:.3f} | " + " | ".join(f"{r['per_category'][c]:.2f}" for c in cats) + " |")
     return "\n".join(lines)
 
