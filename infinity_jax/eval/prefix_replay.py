@@ -22,12 +22,6 @@ from infinity_jax.data import shapes as S
 from infinity_jax.eval import shapes_eval as E
 
 
-def vae_grids(pipe, schedule) -> list[tuple[int, int, int]]:
-    """The tokenizer grids of a transformer ``schedule`` (doubled with spatial patchify)."""
-    f = 2 if pipe.transformer.cfg.apply_spatial_patchify else 1
-    return [(1, f * int(s[-2]), f * int(s[-1])) for s in schedule]
-
-
 def prefix_replay_scores(pipe, prompts: Sequence[str], specs: Sequence[dict], images: np.ndarray, *,
                          cfg: float | None = None, tau: float | None = None, seed: int = 0,
                          batch: int = 96) -> list[dict]:
@@ -44,21 +38,19 @@ def prefix_replay_scores(pipe, prompts: Sequence[str], specs: Sequence[dict], im
     import jax.numpy as jnp  # noqa: PLC0415
 
     from infinity_jax.sampling.pipeline import to_uint8  # noqa: PLC0415
-    from infinity_jax.sampling.sampler import SamplingConfig  # noqa: PLC0415
+    from infinity_jax.transformer.self_correction import vae_schedule  # noqa: PLC0415
 
     if not (len(prompts) == len(specs) == len(images)):
         raise ValueError(f"{len(prompts)} prompts, {len(specs)} specs and {len(images)} images: need one of each")
     sched = pipe.schedule_for(1.0)
     K = len(sched)
-    d = pipe.defaults
-    settings = SamplingConfig(cfg=d.get("cfg", 3.0) if cfg is None else cfg,
-                              tau=d.get("tau", 0.5) if tau is None else tau,
-                              top_k=int(d.get("top_k", 900)), top_p=float(d.get("top_p", 0.97)))  # as Pipeline
+    settings = pipe.sampling_config(cfg=cfg, tau=tau)
+    grids = vae_schedule(sched, pipe.transformer.cfg.apply_spatial_patchify)
     gen = [[] for _ in range(K + 1)]
     for st in range(0, len(prompts), batch):
         sl = slice(st, st + batch)
         x = jnp.asarray(images[sl], jnp.float32) / 127.5 - 1.0
-        _, bits = pipe.tokenizer.encode(x, schedule=vae_grids(pipe, sched))
+        _, bits = pipe.tokenizer.encode(x, schedule=grids)
         feats, mask = pipe.encode_prompts(list(prompts[sl]))
         seeds = np.arange(seed + st, seed + st + len(x))
         for k in range(K + 1):

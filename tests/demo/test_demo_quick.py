@@ -38,12 +38,12 @@ def _reconstruction_score(work, cfg) -> float:
     import jax.numpy as jnp
 
     from infinity_jax.eval import shapes_eval as E
-    from infinity_jax.eval.prefix_replay import vae_grids
     from infinity_jax.sampling.pipeline import Pipeline, to_uint8
+    from infinity_jax.transformer.self_correction import vae_schedule
 
     pipe = Pipeline.from_checkpoint(work / "bundle")
     imgs, specs = E.render_heldout(cfg["image_size"], [0], cfg["data"]["style"], cfg["data"]["backgrounds"])
-    rec = pipe.tokenizer(jnp.asarray(imgs, jnp.float32) / 127.5 - 1, schedule=vae_grids(pipe, pipe.schedule_for(1.0)))
+    rec = pipe.tokenizer(jnp.asarray(imgs, jnp.float32) / 127.5 - 1, schedule=vae_schedule(pipe.schedule_for(1.0), pipe.transformer.cfg.apply_spatial_patchify))
     return E.evaluate(to_uint8(rec), specs)["overall"]
 
 
