@@ -9,8 +9,8 @@ Sections:
   tokenizer  a ``configs/tokenizer.py`` config (shapes preset): BSQ-VAE, 32x32 images, patch 2
              (16x16 latent), d=16, trained with the BSQ losses by ``infinity_jax.training.tokenizer_trainer``
              on the latent grids ``vae_schedule`` (2x2 .. 16x16);
-  text       SentencePiece on the training captions and a tiny T5 encoder trained on them by
-             masked-token denoising, then frozen (no pretrained weights);
+  text       SentencePiece on the training captions and a tiny T5 encoder (with learned absolute
+             positions) trained on them by masked-token denoising, then frozen (no pretrained weights);
   infinity   a ``configs/infinity.py`` config for ``infinity_jax.training.trainer.Trainer``: a tiny
              Infinity with Bitwise Self-Correction on the shapes captions; with spatial patchify (as
              the official 8B) each transformer token packs 2x2 tokenizer tokens (64 bits), so the
@@ -53,17 +53,22 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.schedule = ((1, 1), (2, 2), (4, 4), (8, 8))
     c.vae_schedule = tuple((2 * h, 2 * w) for h, w in c.schedule)
 
-    # The shapes stream, as the demo draws it: objects on the 4-pixel lattice with a few sizes and one
-    # background (infinity_jax.data.shapes "lattice" layout). Bits are sampled independently, so every
-    # attribute a caption leaves open (the background, sub-pixel placement) is a mode the tiny model
-    # would otherwise blend; the held-out prompts and the evaluator are the same either way.
-    c.data = ml_collections.ConfigDict(dict(style="lattice", backgrounds=("light gray",)))
+    # The shapes stream, as the demo draws it (infinity_jax.data.shapes layout styles). Infinity samples
+    # every bit of a scale independently, so whatever a caption leaves open (where the objects go,
+    # which of two sides the first one takes, the colour of "a circle", the background) is a set of
+    # modes the tiny model blends: two objects come out as two copies of one. Infinity trains on the
+    # "canonical" layout (fixed slots by object count, reading order, relations honoured, colour-free
+    # objects blue, one background): the picture is a function of the caption, held-out overall 0.72
+    # vs 0.21 on "lattice" in equal time. The tokenizer trains on the more varied "lattice" stream
+    # (centres anywhere on the 4-px lattice). The held-out prompts and the evaluator are the same.
+    c.data = ml_collections.ConfigDict(dict(style="canonical", backgrounds=("light gray",),
+                                            tokenizer_style="lattice"))
 
     # ------------------------------------------------------------------ tokenizer (BSQ-VAE)
     t = tok_cfg.get_config("preset=shapes")
     t.schedule = c.vae_schedule
-    t.data.factory_kwargs.update(style=c.data.style, backgrounds=c.data.backgrounds)
-    t.eval.factory_kwargs.update(style=c.data.style, backgrounds=c.data.backgrounds)
+    t.data.factory_kwargs.update(style=c.data.tokenizer_style, backgrounds=c.data.backgrounds)
+    t.eval.factory_kwargs.update(style=c.data.tokenizer_style, backgrounds=c.data.backgrounds)
     c.tokenizer = t
 
     # ------------------------------------------------------------------ text encoder
@@ -71,10 +76,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         num_captions=20_000,  # training captions for SentencePiece (held-out prompts never appear)
         vocab_size=64,  # soft limit: the caption vocabulary is 29 words
         word_lines=50,  # each training word is also added as this many one-word lines (see demo.py)
-        t5=dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu"),
+        t5=dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
+                absolute_positions=32),
+        # absolute_positions: learned position embeddings (not in T5). Two layers trained from nothing
+        # give bag-of-words features: "a red circle and a blue square" ~ "a blue circle and a red
+        # square", so the model cannot tell which colour goes where (binding 0.29 without, 0.90 with).
         max_len=16,  # tokens per caption in training, EOS included (the longest caption has ~14)
         # masked-token denoising of the encoder on the training captions (infinity_jax.text.pretrain)
-        pretrain=dict(steps=400, batch_size=128, mask_rate=0.3, lr=3e-3),
+        # keep_weight: the unmasked tokens are reconstructed too, else their features need not keep
+        # their own word (per-token cosine of "red" vs "blue" in context: 0.98 without, 0.14 with;
+        # held-out overall 0.67 -> 0.90, binding 0.90 -> 0.98, position 0.21 -> 0.44).
+        pretrain=dict(steps=400, batch_size=128, mask_rate=0.3, keep_weight=1.0, lr=3e-3),
         seed=0))
 
     # ------------------------------------------------------------------ Infinity
@@ -93,7 +105,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                   factory_kwargs=dict(size=c.image_size, seed=0, length=200_000, style=c.data.style,
                                       backgrounds=c.data.backgrounds), num_threads=2, prefetch=2, workers=0)
     i.batch_size = 16
-    i.total_steps = 3800
+    i.total_steps = 4500
     i.optim.update(lr=1.5e-3, b2=0.98, wd=0.01, clip=2.0, warmup_steps=50, schedule="cosine", final_ratio=0.1,
                    ema_decay=0.0)
     i.loss.update(reweight_by_scale=True, label_smoothing=0.0)

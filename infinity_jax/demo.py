@@ -9,8 +9,9 @@ Stages (each one resumes if the run is interrupted; a finished stage is skipped)
    data with the BSQ losses (:mod:`infinity_jax.training.tokenizer_trainer`); its held-out PSNR is
    measured on true renders of the held-out prompts;
 2. ``text``: a SentencePiece model trained on the training captions and a tiny T5 encoder
-   trained on them by masked-token denoising (:mod:`infinity_jax.text.pretrain`; no pretrained
-   weights exist here), then frozen as Infinity's Flan-T5 is;
+   (with learned absolute positions) trained on them by masked-token denoising
+   (:mod:`infinity_jax.text.pretrain`; no pretrained weights exist here), then frozen as
+   Infinity's Flan-T5 is;
 3. ``infinity``: a tiny Infinity trained by the main trainer with Bitwise Self-Correction on the
    shapes captions, then written as an inference bundle (``python -m infinity_jax.generate --ckpt
    WORKDIR/bundle`` works on it);
@@ -200,7 +201,8 @@ def stage_text(config, workdir: pathlib.Path) -> dict:
     if int(p.steps) > 0:  # masked-token denoising on the training captions (held-out ones: measured only)
         held = [c for c, _, _ in heldout_prompts()]
         pre = pretrain_encoder(folder, corpus, heldout=held, steps=int(p.steps), batch_size=int(p.batch_size),
-                               mask_rate=float(p.mask_rate), lr=float(p.lr), max_len=int(t.max_len), seed=int(t.seed))
+                               mask_rate=float(p.mask_rate), keep_weight=float(p.get("keep_weight", 0.0)),
+                               lr=float(p.lr), max_len=int(t.max_len), seed=int(t.seed))
     return {"folder": str(folder), "pieces": int(proc.get_piece_size()), "words": len(words),
             "example": proc.encode(corpus[4], out_type=str), "captions": len(corpus), "max_tokens": int(lens.max()),
             "mean_tokens": float(lens.mean()), "t5": dict(t.t5), "pretrain": pre}
@@ -370,11 +372,15 @@ def write_report(config, workdir: pathlib.Path, info: dict, total_seconds: float
                   f"{tok['recon_eval_overall']:.3f} overall (true renders: {tok['true_render_eval_overall']:.3f}).", ""]
     if txt:
         pre = txt.get("pretrain")
-        how = (f"trained {pre['steps']} steps by masked-token denoising on the training captions (masked-word "
+        how = (f"trained {pre['steps']} steps by masked-token denoising"
+               + (" (kept tokens reconstructed too)" if pre.get("keep_weight") else "")
+               + " on the training captions (masked-word "
                f"accuracy on the held-out prompts {pre['heldout_accuracy_before']:.2f} -> "
                f"{pre['heldout_accuracy_after']:.2f}), then frozen" if pre else "randomly initialised and frozen")
         lines += [f"Text: SentencePiece ({txt.get('pieces')} pieces) on {txt['captions']} training captions; tiny T5 "
-                  f"encoder (d_model {txt['t5']['d_model']}, {txt['t5']['num_layers']} layers), {how}.", ""]
+                  f"encoder (d_model {txt['t5']['d_model']}, {txt['t5']['num_layers']} layers"
+                  + (f", {txt['t5']['absolute_positions']} learned positions" if txt["t5"].get("absolute_positions")
+                     else "") + f"), {how}.", ""]
     if inf:
         lines += [f"Infinity: {inf['params']:,} parameters, {inf['steps']} steps of batch {inf['batch_size']} with "
                   f"Bitwise Self-Correction; last loss {inf.get('last_loss', float('nan')):.4f}, bit accuracy "

@@ -14,7 +14,13 @@ Vocabulary
           centres on a lattice of 1/8 image units and one or two sizes per object count
           (:data:`_LATTICE_SIZES`), so the same object always renders the same pixels up to a
           whole-step shift and a tiny generator learns crisp shapes instead of averaging over
-          sub-pixel placements (the embedded demo; at 32x32 a step is one 4x4-pixel token).
+          sub-pixel placements (the embedded demo's tokenizer; at 32x32 a step is one 4x4-pixel token).
+          ``"canonical"``: nothing the caption leaves open is drawn at random but the background:
+          objects sit in fixed slots by their number (two in reading order, side by side, unless a
+          relation puts the subject on its side; three as a triangle; four as a 2x2 grid) with one
+          size per number, and colour-free objects are blue. The image is then a function of the
+          caption and the background, which is what a tiny model whose sampler draws every bit of a
+          scale independently can follow (the embedded demo's Infinity; see ``configs/demo.py``).
           ``backgrounds`` restricts the background palette (the demo uses one).
 
 Categories (``index % 6`` picks the category, so any window of 6 consecutive indices is balanced)
@@ -125,7 +131,18 @@ _SIZE_RANGE = {1: (0.34, 0.50), 2: (0.26, 0.36), 3: (0.23, 0.30), 4: (0.22, 0.27
 #: whole-step shift, which is what lets a tiny model learn crisp shapes in minutes.
 _LATTICE_SIZES = {1: (0.4375, 0.5), 2: (0.3125, 0.375), 3: (0.25, 0.3125), 4: (0.25,)}
 _LATTICE = 8
-LAYOUTS: tuple[str, ...] = ("free", "lattice")
+LAYOUTS: tuple[str, ...] = ("free", "lattice", "canonical")
+#: "canonical" layout: the colour of colour-free objects, and the centres (image units) and size of
+#: the objects by their number. Two objects go in reading order (the first named on the left) unless a
+#: relation says otherwise; "above"/"below" stack them vertically.
+_CANONICAL_COLOR = "blue"
+_CANONICAL = {
+    1: (((0.5, 0.5),), 0.5),
+    2: (((0.25, 0.5), (0.75, 0.5)), 0.375),
+    3: (((0.5, 0.25), (0.25, 0.75), (0.75, 0.75)), 0.3125),
+    4: (((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)), 0.3125),
+}
+_CANONICAL_VERTICAL = ((0.5, 0.25), (0.5, 0.75))
 _POS_MIN_D = 0.28       # position: min centre displacement along the relation's axis
 _POS_MAX_ORTHO = 0.5    # position: |orthogonal displacement| <= this * axis displacement
 _SUPERSAMPLE = 4
@@ -269,7 +286,7 @@ def layout(spec: dict, seed: int = 0, style: str = "free", backgrounds: Sequence
 
     Colour-free objects get a random palette colour. Position
     specs place the subject clearly on the named side of the object (axis displacement >= 0.28,
-    orthogonal <= half of that). ``style``: "free" or "lattice" (see the module docstring);
+    orthogonal <= half of that). ``style``: "free", "lattice" or "canonical" (see the module docstring);
     ``backgrounds``: names to draw the background from (default: all of :data:`BACKGROUNDS`).
     """
     bgs = _check_style(style, backgrounds)
@@ -281,9 +298,12 @@ def layout(spec: dict, seed: int = 0, style: str = "free", backgrounds: Sequence
         for _ in range(o["count"]):
             color = o["color"]
             if color is None:
-                color = tuple(COLORS)[rng.integers(len(COLORS))]
+                color = _CANONICAL_COLOR if style == "canonical" else tuple(COLORS)[rng.integers(len(COLORS))]
             kinds.append((k, o["shape"], color))
     n = len(kinds)
+    if style == "canonical":
+        out["instances"] = _canonical_instances(kinds, out.get("relation"))
+        return out
     lattice = style == "lattice"
     rel = out.get("relation")
     for attempt in range(1000):
@@ -322,6 +342,18 @@ def layout(spec: dict, seed: int = 0, style: str = "free", backgrounds: Sequence
                          "size": round(float(z), 5)}
                         for (k, s, c), (x, y), z in zip(kinds, centers, sizes, strict=True)]
     return out
+
+
+def _canonical_instances(kinds: list[tuple[int, str, str]], rel: dict | None) -> list[dict]:
+    """The "canonical" layout's instances of ``kinds`` ((object index, shape, colour) per instance)."""
+    centers, size = _CANONICAL[len(kinds)]
+    if rel is not None:  # two single objects: the subject goes on the named side of the object
+        sub, obj = {"left_of": (0, 1), "right_of": (1, 0), "above": (0, 1), "below": (1, 0)}[rel["type"]]
+        slots = _CANONICAL_VERTICAL if rel["type"] in ("above", "below") else centers
+        centers = [None, None]
+        centers[rel["subject"]], centers[rel["object"]] = slots[sub], slots[obj]
+    return [{"object": k, "shape": s, "color": c, "center": [float(x), float(y)], "size": float(size)}
+            for (k, s, c), (x, y) in zip(kinds, centers, strict=True)]
 
 
 # ------------------------------------------------------------------------------------ drawing --

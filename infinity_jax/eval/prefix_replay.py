@@ -5,7 +5,7 @@ scales and samples the remaining ones from the model (same text, guidance and se
 evaluator scores the decoded images. ``k = 0`` is plain generation and ``k = K`` is the tokenizer's
 reconstruction, so the curve between them shows at which scales a generator falls short::
 
-    python -m infinity_jax.eval.prefix_replay --bundle out/demo/bundle --size 32 --style lattice \\
+    python -m infinity_jax.eval.prefix_replay --bundle out/demo/bundle --size 32 --style canonical \\
         --backgrounds "light gray" --out out/demo/results/prefix_replay.json
 """
 from __future__ import annotations

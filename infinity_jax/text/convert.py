@@ -50,6 +50,8 @@ def _mapping(cfg: T5Config) -> list[tuple[tuple, str, tuple, Callable, Callable]
          (cfg.relative_attention_num_buckets, h), *ident),
         (("final_norm", "scale"), "encoder.final_layer_norm.weight", (d,), *ident),
     ]
+    if cfg.absolute_positions:  # not in T5 (see T5Config.absolute_positions); saved under this key
+        out.append((("pos_embed",), "encoder.embed_positions.weight", (cfg.absolute_positions, d), *ident))
     ffn = ("wi_0", "wi_1") if cfg.is_gated else ("wi",)
     for i in range(cfg.num_layers):
         pre = f"encoder.block.{i}.layer"

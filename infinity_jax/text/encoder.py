@@ -40,7 +40,8 @@ class TextEncoder:
                  max_length: int = MAX_LENGTH, batch_multiple: int | None = None):
         self.tokenizer = tokenizer
         self.model = model
-        self.max_length = max_length
+        positions = model.cfg.absolute_positions  # an encoder with absolute positions has a hard limit
+        self.max_length = min(max_length, positions) if positions else max_length
         self.batch_multiple = batch_multiple
         if isinstance(bucket, int):
             self._multiple, self._buckets = bucket, None
@@ -72,9 +73,13 @@ class TextEncoder:
         """The bucket a batch whose longest row has ``longest`` tokens is padded to."""
         if self._buckets is not None:
             i = bisect.bisect_left(self._buckets, longest)
-            return self._buckets[i] if i < len(self._buckets) else longest
+            padded = self._buckets[i] if i < len(self._buckets) else longest
+            positions = self.model.cfg.absolute_positions
+            return min(padded, max(positions, longest)) if positions else padded
         m = self._multiple or 1
-        return -(-longest // m) * m
+        padded = -(-longest // m) * m
+        positions = self.model.cfg.absolute_positions
+        return min(padded, max(positions, longest)) if positions else padded
 
     def tokenize(self, prompts: str | Sequence[str]) -> TokenBatch:
         """Token ids, mask and lens padded to this encoder's bucket."""

@@ -50,7 +50,8 @@ def masked_batch(ids: np.ndarray, lens: np.ndarray, rng: np.random.Generator, ma
     return out.astype(np.int32), m.astype(np.float32)
 
 
-def _loss(model, ids, mask, corrupted, target_mask):
+def _loss(model, ids, mask, corrupted, target_mask, keep_weight: float = 0.0):
+    """Cross-entropy at the masked positions (+ ``keep_weight`` x the same at the kept real tokens)."""
     h = model(corrupted, mask)                                            # (B, L, d)
     emb = model.embed[...].astype(jnp.float32)                            # (V, d)
     logits = jnp.einsum("bld,vd->blv", h, emb) * (h.shape[-1] ** -0.5)
@@ -58,11 +59,15 @@ def _loss(model, ids, mask, corrupted, target_mask):
     n = jnp.maximum(jnp.sum(target_mask), 1.0)
     loss = jnp.sum(ce * target_mask) / n
     acc = jnp.sum((jnp.argmax(logits, -1) == ids) * target_mask) / n
+    if keep_weight:
+        kept = mask.astype(jnp.float32) * (1.0 - target_mask)
+        loss = loss + keep_weight * jnp.sum(ce * kept) / jnp.maximum(jnp.sum(kept), 1.0)
     return loss, acc
 
 
 def pretrain_encoder(folder: str | pathlib.Path, captions: Sequence[str], *, heldout: Sequence[str] = (),
-                     steps: int = 400, batch_size: int = 128, mask_rate: float = 0.3, lr: float = 3e-3,
+                     steps: int = 400, batch_size: int = 128, mask_rate: float = 0.3, keep_weight: float = 0.0,
+                     lr: float = 3e-3,
                      weight_decay: float = 0.01, warmup_steps: int = 20, max_len: int = 16, seed: int = 0,
                      progress: bool = True) -> dict:
     """Train the T5 encoder in ``folder`` on ``captions`` (masked-token denoising); save it in place.
@@ -72,6 +77,10 @@ def pretrain_encoder(folder: str | pathlib.Path, captions: Sequence[str], *, hel
       captions: training sentences; ``heldout``: sentences to measure masked-token accuracy on.
       steps, batch_size, lr, weight_decay, warmup_steps: the optimisation (AdamW, cosine decay).
       mask_rate: probability of masking each real token.
+      keep_weight: weight of the same loss at the real tokens that were not masked (0: masked
+        positions only, as in T5). Only the masked positions' outputs are trained otherwise, so the
+        features of the words an image model reads are left free to drop their own word; a weight
+        makes every feature name its word, in context.
       max_len: tokens per caption, EOS included (longer captions are truncated).
 
     Returns:
@@ -104,7 +113,7 @@ def pretrain_encoder(folder: str | pathlib.Path, captions: Sequence[str], *, hel
     @jax.jit
     def step(params, opt, ids, mask, corrupted, target_mask):
         def f(p):
-            return _loss(nnx.merge(gd, p), ids, mask, corrupted, target_mask)
+            return _loss(nnx.merge(gd, p), ids, mask, corrupted, target_mask, keep_weight)
 
         (loss, acc), g = jax.value_and_grad(f, has_aux=True)(params)
         upd, opt = tx.update(g, opt, params)
@@ -142,6 +151,7 @@ def pretrain_encoder(folder: str | pathlib.Path, captions: Sequence[str], *, hel
     save_pretrained(model, folder)
     k = max(1, min(20, len(losses) // 5))
     info = {"steps": int(steps), "batch_size": int(batch_size), "mask_rate": float(mask_rate),
+            "keep_weight": float(keep_weight),
             "loss_first": float(np.mean(losses[:k])) if losses else math.nan,
             "loss_last": float(np.mean(losses[-k:])) if losses else math.nan,
             "accuracy_last": float(np.mean(accs[-k:])) if accs else math.nan,

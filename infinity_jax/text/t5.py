@@ -68,6 +68,12 @@ class T5Config:
     relative_attention_max_distance: int = 128
     layer_norm_epsilon: float = 1e-6
     feed_forward_proj: str = "gated-gelu"
+    #: Learned absolute position embeddings added to the token embeddings, for this many positions
+    #: (0, as in T5: none). A pretrained T5's deep stack encodes word order through its relative
+    #: attention biases; a two-layer encoder trained from nothing on short captions does not (its
+    #: features are a bag of words: "a red circle and a blue square" ~ "a blue circle and a red
+    #: square"), so the embedded demo's tiny encoder gets them.
+    absolute_positions: int = 0
 
     @property
     def is_gated(self) -> bool:
@@ -84,6 +90,8 @@ class T5Config:
         parts = self.feed_forward_proj.split("-")
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
             raise ValueError(f"feed_forward_proj {self.feed_forward_proj!r} must be 'ACT' or 'gated-ACT'")
+        if self.absolute_positions < 0:
+            raise ValueError(f"absolute_positions must be >= 0, got {self.absolute_positions}")
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"unsupported T5 activation {self.activation!r}; known: {sorted(_ACTIVATIONS)}")
 
@@ -272,6 +280,9 @@ class Model(nnx.Module):
             rngs.params(), (cfg.vocab_size, cfg.d_model), param_dtype))
         self.rel_bias = nnx.Param(param(nnx.initializers.normal(cfg.d_model ** -0.5), (None, "heads"))(
             rngs.params(), (cfg.relative_attention_num_buckets, cfg.num_heads), param_dtype))
+        if cfg.absolute_positions:
+            self.pos_embed = nnx.Param(param(nnx.initializers.normal(1.0), (None, "text_embed"))(
+                rngs.params(), (cfg.absolute_positions, cfg.d_model), param_dtype))
         self.blocks = nnx.List([Block(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                                 for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon, param_dtype=param_dtype)
@@ -291,6 +302,11 @@ class Model(nnx.Module):
         if mask is not None:
             mask = mask.astype(bool)
         x = jnp.take(self.embed[...], ids, axis=0).astype(jnp.float32)
+        if self.cfg.absolute_positions:
+            if ids.shape[1] > self.cfg.absolute_positions:
+                raise ValueError(f"{ids.shape[1]} tokens, but this encoder has position embeddings for "
+                                 f"{self.cfg.absolute_positions}")
+            x = x + self.pos_embed[...][: ids.shape[1]].astype(jnp.float32)
         x = constrain(x, ("act_batch", "act_len", "act_embed"))
         bias = self.position_bias(ids.shape[1])
         for block in self.blocks:

@@ -118,7 +118,7 @@ def random_state_dict(cfg: T5Config, seed: int = 0) -> dict:
 
     rng = np.random.default_rng(seed)
     d, f, hk = cfg.d_model, cfg.d_ff, cfg.num_heads * cfg.d_kv
-    std = {"shared": 1.0, "relative_attention_bias": d ** -0.5, ".q.": (d * cfg.d_kv) ** -0.5,
+    std = {"shared": 1.0, "embed_positions": 1.0, "relative_attention_bias": d ** -0.5, ".q.": (d * cfg.d_kv) ** -0.5,
            ".k.": d ** -0.5, ".v.": d ** -0.5, ".o.": hk ** -0.5, ".wi": d ** -0.5, ".wo.": f ** -0.5}
     out = {}
     for key, shape in expected_shapes(cfg).items():

@@ -186,6 +186,38 @@ def test_lattice_layout_and_backgrounds():
     assert any(free[i]["spec"]["instances"][0]["center"][0] * S._LATTICE % 1 > 1e-3 for i in range(30))
 
 
+def test_canonical_layout_is_a_function_of_the_caption():
+    """The "canonical" layout: fixed slots, reading order, relations honoured, blue colour-free objects."""
+    src = S.ShapesSource(size=32, seed=3, spec_format="dict", style="canonical", backgrounds=("light gray",))
+    seen: dict[str, bytes] = {}
+    for i in range(300):
+        item = src[i]
+        spec, inst = item["spec"], item["spec"]["instances"]
+        centers, size = S._CANONICAL[len(inst)]
+        assert all(d["size"] == size for d in inst)
+        for p in range(len(inst)):
+            for q in range(p):
+                assert not S._overlaps(inst[p]["center"], inst[p]["size"], inst[q]["center"], inst[q]["size"])
+        for d, o in zip(inst, [o for o in spec["objects"] for _ in range(o["count"])], strict=True):
+            assert d["color"] == (o["color"] or "blue")
+        rel = spec["relation"]
+        if rel is not None:
+            a, b = (inst[[d["object"] for d in inst].index(rel[k])]["center"] for k in ("subject", "object"))
+            assert S._relation_ok(rel["type"], a, b)
+        elif len(spec["objects"]) == 2:  # reading order: the first named object is on the left
+            assert inst[0]["center"][0] < inst[1]["center"][0]
+        # the same caption always renders the same picture
+        png = item["image"].tobytes()
+        assert seen.setdefault(item["caption"], png) == png
+    assert len(seen) < 300  # captions repeat in 300 items, and their pictures agree (above)
+    # every relation puts the subject on its side
+    for rel in S.RELATIONS:
+        spec = S.make_spec("position", [{"shape": "circle", "color": "red"}, {"shape": "star", "color": "cyan"}],
+                           {"type": rel, "subject": 0, "object": 1})
+        inst = S.layout(spec, 0, "canonical")["instances"]
+        assert S._relation_ok(rel, inst[0]["center"], inst[1]["center"]), rel
+
+
 def test_layout_style_errors():
     with pytest.raises(ValueError, match="layout style"):
         S.ShapesSource(style="grid")

@@ -25,6 +25,12 @@ def test_true_renders_of_the_demo_stream_at_32px():
     assert res["overall"] >= 0.98 and min(res["per_category"].values()) >= 0.95, res["per_category"]
 
 
+def test_true_renders_of_the_canonical_stream_at_32px():
+    imgs, specs = E.render_heldout(32, range(1), "canonical", ("light gray",))
+    res = E.evaluate(imgs, specs)
+    assert res["overall"] >= 0.98 and min(res["per_category"].values()) >= 0.95, res["per_category"]
+
+
 @pytest.mark.parametrize("kind", ["uniform", "blobs"])
 def test_noise_is_near_chance(kind):
     _, specs = E.render_heldout(64, range(2))

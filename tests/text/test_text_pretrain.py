@@ -34,3 +34,28 @@ def test_pretraining_learns_and_saves(tmp_path):
     after = np.asarray(load(folder).embed[...])
     assert not np.allclose(before, after)  # saved in place
     assert (folder / "pretrain.json").is_file()
+
+
+def test_keep_weight_adds_the_kept_tokens_loss(tmp_path):
+    """keep_weight: the cross-entropy at unmasked real tokens is added, with that weight."""
+    import jax.numpy as jnp
+    import optax
+
+    from infinity_jax.text.pretrain import _loss
+    from infinity_jax.text.tokenize import T5Tokenizer
+
+    corpus = list(caption_stream(seed=0, stop=500))
+    sp = train_sentencepiece(corpus + sorted({w for c in corpus for w in c.split()}) * 50, 64)
+    folder = build_tiny_t5(tmp_path / "t5", spiece_model=sp, seed=0)
+    model, tok = load(folder), T5Tokenizer.from_folder(folder)
+    b = tok(corpus[:16], length=16, max_length=16)
+    ids, lens, pad = np.asarray(b.ids), np.asarray(b.lens), np.asarray(b.mask)
+    c, tm = masked_batch(ids, lens, np.random.default_rng(0), 0.3, tok.pieces.index("<extra_id_0>"))
+    base, acc = _loss(model, ids, pad, c, tm)
+    both, acc2 = _loss(model, ids, pad, c, tm, keep_weight=0.5)
+    h = model(jnp.asarray(c), jnp.asarray(pad))
+    logits = jnp.einsum("bld,vd->blv", h, model.embed[...]) * h.shape[-1] ** -0.5
+    ce = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(ids)))
+    kept = pad * (1 - tm)
+    np.testing.assert_allclose(float(both) - float(base), 0.5 * (ce * kept).sum() / kept.sum(), rtol=1e-5)
+    assert float(acc) == float(acc2)  # accuracy stays the masked-token accuracy
