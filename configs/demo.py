@@ -59,7 +59,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # modes the tiny model blends: two objects come out as two copies of one. Infinity trains on the
     # "canonical" layout (fixed slots by object count, reading order, relations honoured, colour-free
     # objects blue, one background): the picture is a function of the caption, held-out overall 0.72
-    # vs 0.21 on "lattice" in equal time. The tokenizer trains on the more varied "lattice" stream
+    # vs 0.21 on "lattice" in less time. The tokenizer trains on the more varied "lattice" stream
     # (centres anywhere on the 4-px lattice). The held-out prompts and the evaluator are the same.
     c.data = ml_collections.ConfigDict(dict(style="canonical", backgrounds=("light gray",),
                                             tokenizer_style="lattice"))

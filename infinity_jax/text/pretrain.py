@@ -11,7 +11,13 @@ a decoder:
   ``mask_rate`` (at least one per caption);
 * the encoder's last hidden states at the masked positions predict the original ids through the
   tied input embedding (``logits = h @ E^T * d_model**-0.5``, T5's tied-head scaling);
-* AdamW, cosine decay, cross-entropy averaged over the masked positions.
+* AdamW, cosine decay, cross-entropy averaged over the masked positions; with ``keep_weight`` > 0
+  the same loss over the kept (unmasked) real tokens is added with that weight, so that every
+  output names its own word (the features an image model reads), not only the masked ones.
+
+Denoising alone cannot teach which colour goes with which shape (in captions they vary
+independently); the order has to come from the positions, which the demo's tiny encoder gets as
+learned absolute position embeddings (``T5Config.absolute_positions``).
 
 :func:`pretrain_encoder` updates a Hugging Face T5 folder in place (``model.safetensors``) and
 writes ``pretrain.json`` with its losses and masked-token accuracy on a held-out set of captions.

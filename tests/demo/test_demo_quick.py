@@ -83,6 +83,12 @@ def test_demo_quick_end_to_end(tmp_path):
     assert [r["replayed_scales"] for r in rows] == list(range(len(cfg["schedule"]) + 1))
     assert all(0.0 <= r["overall"] <= 1.0 for r in rows) and "replayed from the true render" in report
     assert rows[-1]["overall"] == pytest.approx(_reconstruction_score(work, cfg), abs=0.1)
+    # the text encoder the bundle ships is the demo's: learned positions, kept tokens reconstructed
+    for folder in ("text_encoder", "bundle/text_encoder"):
+        t5 = json.loads((work / folder / "config.json").read_text())
+        assert t5["absolute_positions"] == cfg["text"]["t5"]["absolute_positions"] > 0, folder
+    pre = json.loads((work / "text_encoder" / "pretrain.json").read_text())
+    assert pre["keep_weight"] == cfg["text"]["pretrain"]["keep_weight"] > 0
     print(f"quick demo: {seconds:.0f} s wall, overall {s['overall']:.3f}, PSNR {s['tokenizer_psnr_heldout']:.2f} dB")
 
     # a second run resumes: every stage is skipped, the report is written again
