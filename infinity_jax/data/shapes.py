@@ -284,7 +284,7 @@ def _check_style(style: str, backgrounds) -> tuple[str, ...]:
 def layout(spec: dict, seed: int = 0, style: str = "free", backgrounds: Sequence[str] | None = None) -> dict:
     """A copy of ``spec`` with a random ``background`` and non-overlapping ``instances``.
 
-    Colour-free objects get a random palette colour. Position
+    Colour-free objects get a random palette colour ("canonical": blue). Position
     specs place the subject clearly on the named side of the object (axis displacement >= 0.28,
     orthogonal <= half of that). ``style``: "free", "lattice" or "canonical" (see the module docstring);
     ``backgrounds``: names to draw the background from (default: all of :data:`BACKGROUNDS`).
@@ -346,6 +346,9 @@ def layout(spec: dict, seed: int = 0, style: str = "free", backgrounds: Sequence
 
 def _canonical_instances(kinds: list[tuple[int, str, str]], rel: dict | None) -> list[dict]:
     """The "canonical" layout's instances of ``kinds`` ((object index, shape, colour) per instance)."""
+    if len(kinds) not in _CANONICAL or (rel is not None and len(kinds) != 2):
+        raise ValueError(f"the canonical layout places 1-4 objects, and relations between two single objects; "
+                         f"got {len(kinds)} objects{' with a relation' if rel is not None else ''}")
     centers, size = _CANONICAL[len(kinds)]
     if rel is not None:  # two single objects: the subject goes on the named side of the object
         sub, obj = {"left_of": (0, 1), "right_of": (1, 0), "above": (0, 1), "below": (1, 0)}[rel["type"]]

@@ -74,11 +74,10 @@ class TextEncoder:
         if self._buckets is not None:
             i = bisect.bisect_left(self._buckets, longest)
             padded = self._buckets[i] if i < len(self._buckets) else longest
-            positions = self.model.cfg.absolute_positions
-            return min(padded, max(positions, longest)) if positions else padded
-        m = self._multiple or 1
-        padded = -(-longest // m) * m
-        positions = self.model.cfg.absolute_positions
+        else:
+            m = self._multiple or 1
+            padded = -(-longest // m) * m
+        positions = self.model.cfg.absolute_positions  # no padding past the learned positions
         return min(padded, max(positions, longest)) if positions else padded
 
     def tokenize(self, prompts: str | Sequence[str]) -> TokenBatch:

@@ -73,9 +73,8 @@ def _loss(model, ids, mask, corrupted, target_mask, keep_weight: float = 0.0):
 
 def pretrain_encoder(folder: str | pathlib.Path, captions: Sequence[str], *, heldout: Sequence[str] = (),
                      steps: int = 400, batch_size: int = 128, mask_rate: float = 0.3, keep_weight: float = 0.0,
-                     lr: float = 3e-3,
-                     weight_decay: float = 0.01, warmup_steps: int = 20, max_len: int = 16, seed: int = 0,
-                     progress: bool = True) -> dict:
+                     lr: float = 3e-3, weight_decay: float = 0.01, warmup_steps: int = 20, max_len: int = 16,
+                     seed: int = 0, progress: bool = True) -> dict:
     """Train the T5 encoder in ``folder`` on ``captions`` (masked-token denoising); save it in place.
 
     Args:

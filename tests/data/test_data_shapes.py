@@ -216,6 +216,8 @@ def test_canonical_layout_is_a_function_of_the_caption():
                            {"type": rel, "subject": 0, "object": 1})
         inst = S.layout(spec, 0, "canonical")["instances"]
         assert S._relation_ok(rel, inst[0]["center"], inst[1]["center"]), rel
+    with pytest.raises(ValueError, match="canonical layout places 1-4"):
+        S.layout(S.make_spec("counting", [{"shape": "star", "color": "red", "count": 5}]), 0, "canonical")
 
 
 def test_layout_style_errors():
