@@ -309,7 +309,8 @@ def stage_generate(config, workdir: pathlib.Path) -> dict:
         _say("prefix replay: scoring generation with the first k scales taken from the true renders")
         replay = PR.prefix_replay_scores(pipe, captions, true_specs, true_imgs)
         (results / "prefix_replay.json").write_text(json.dumps(replay, indent=1))
-    return {"overall": res["overall"], "prefix_replay": replay, "per_category": res["per_category"], "counts": res["counts"],
+    return {"overall": res["overall"], "prefix_replay": replay, "per_category": res["per_category"],
+            "counts": res["counts"],
             "images": int(flat.shape[0]), "seeds": seeds, "generation_seconds": gen_seconds,
             "grid": str(results / "heldout_grid.png"), "previews": preview_paths,
             "coarse_to_fine": str(results / "coarse_to_fine.png") if preview_paths else None}

@@ -76,7 +76,8 @@ def markdown(rows: Sequence[dict], schedule) -> str:
         else:
             what = (("scale 1" if k == 1 else f"scales 1-{k}") + f" (to {schedule[k - 1][-2]}x{schedule[k - 1][-1]})"
                     + (" = reconstruction" if k == len(schedule) else ""))
-        lines.append(f"| {what} | {r['overall']:.3f} | " + " | ".join(f"{r['per_category'][c]:.2f}" for c in cats) + " |")
+        scores = " | ".join(f"{r['per_category'][c]:.2f}" for c in cats)
+        lines.append(f"| {what} | {r['overall']:.3f} | {scores} |")
     return "\n".join(lines)
 
 

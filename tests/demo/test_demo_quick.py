@@ -43,7 +43,8 @@ def _reconstruction_score(work, cfg) -> float:
 
     pipe = Pipeline.from_checkpoint(work / "bundle")
     imgs, specs = E.render_heldout(cfg["image_size"], [0], cfg["data"]["style"], cfg["data"]["backgrounds"])
-    rec = pipe.tokenizer(jnp.asarray(imgs, jnp.float32) / 127.5 - 1, schedule=vae_schedule(pipe.schedule_for(1.0), pipe.transformer.cfg.apply_spatial_patchify))
+    grids = vae_schedule(pipe.schedule_for(1.0), pipe.transformer.cfg.apply_spatial_patchify)
+    rec = pipe.tokenizer(jnp.asarray(imgs, jnp.float32) / 127.5 - 1, schedule=grids)
     return E.evaluate(to_uint8(rec), specs)["overall"]
 
 

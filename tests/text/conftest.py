@@ -92,3 +92,20 @@ def hf_folder(tmp_path_factory, hf_model, spiece_bytes) -> pathlib.Path:
     hf_model.save_pretrained(folder)
     (folder / "spiece.model").write_bytes(spiece_bytes)
     return folder
+
+
+@pytest.fixture(scope="session")
+def shapes_captions() -> list[str]:
+    """3,000 training captions of the ``shapes`` stream (the demo's text corpus)."""
+    from infinity_jax.data.shapes import caption_stream
+
+    return list(caption_stream(seed=0, stop=3000))
+
+
+@pytest.fixture(scope="session")
+def shapes_spiece(shapes_captions) -> bytes:
+    """A 64-piece SentencePiece model of the shapes captions, one piece per word (as the demo trains it)."""
+    from infinity_jax.text.train_tokenizer import train_sentencepiece
+
+    words = sorted({w for c in shapes_captions for w in c.split()})
+    return train_sentencepiece(shapes_captions + words * 50, 64)

@@ -1,10 +1,10 @@
 """Denoising pre-training of a tiny T5 encoder on captions (the demo's text encoder)."""
 import numpy as np
 
-from infinity_jax.data.shapes import caption_stream, heldout_prompts
+from infinity_jax.data.shapes import heldout_prompts
 from infinity_jax.text.pretrain import masked_batch, pretrain_encoder
 from infinity_jax.text.t5 import load
-from infinity_jax.text.train_tokenizer import build_tiny_t5, train_sentencepiece
+from infinity_jax.text.train_tokenizer import build_tiny_t5
 
 
 def test_masked_batch_masks_real_tokens_only():
@@ -20,11 +20,9 @@ def test_masked_batch_masks_real_tokens_only():
         np.testing.assert_array_equal(out[m == 0], ids[m == 0])
 
 
-def test_pretraining_learns_and_saves(tmp_path):
-    corpus = list(caption_stream(seed=0, stop=3000))
-    words = sorted({w for c in corpus for w in c.split()})
-    sp = train_sentencepiece(corpus + words * 50, 64)
-    folder = build_tiny_t5(tmp_path / "t5", spiece_model=sp, seed=0)
+def test_pretraining_learns_and_saves(tmp_path, shapes_captions, shapes_spiece):
+    corpus = shapes_captions
+    folder = build_tiny_t5(tmp_path / "t5", spiece_model=shapes_spiece, seed=0)
     before = np.asarray(load(folder).embed[...])
     held = [c for c, _, _ in heldout_prompts()]
     info = pretrain_encoder(folder, corpus, heldout=held, steps=150, batch_size=64, lr=3e-3, progress=False)
@@ -36,7 +34,7 @@ def test_pretraining_learns_and_saves(tmp_path):
     assert (folder / "pretrain.json").is_file()
 
 
-def test_keep_weight_adds_the_kept_tokens_loss(tmp_path):
+def test_keep_weight_adds_the_kept_tokens_loss(tmp_path, shapes_captions, shapes_spiece):
     """keep_weight: the cross-entropy at unmasked real tokens is added, with that weight."""
     import jax.numpy as jnp
     import optax
@@ -44,11 +42,9 @@ def test_keep_weight_adds_the_kept_tokens_loss(tmp_path):
     from infinity_jax.text.pretrain import _loss
     from infinity_jax.text.tokenize import T5Tokenizer
 
-    corpus = list(caption_stream(seed=0, stop=500))
-    sp = train_sentencepiece(corpus + sorted({w for c in corpus for w in c.split()}) * 50, 64)
-    folder = build_tiny_t5(tmp_path / "t5", spiece_model=sp, seed=0)
+    folder = build_tiny_t5(tmp_path / "t5", spiece_model=shapes_spiece, seed=0)
     model, tok = load(folder), T5Tokenizer.from_folder(folder)
-    b = tok(corpus[:16], length=16, max_length=16)
+    b = tok(shapes_captions[:16], length=16, max_length=16)
     ids, lens, pad = np.asarray(b.ids), np.asarray(b.lens), np.asarray(b.mask)
     c, tm = masked_batch(ids, lens, np.random.default_rng(0), 0.3, tok.pieces.index("<extra_id_0>"))
     base, acc = _loss(model, ids, pad, c, tm)
