@@ -182,9 +182,11 @@ def run_train_step(folder: str | pathlib.Path, x_BLC_wo_prefix=None, labels=None
 
 
 def tiny_gradient(g_ref: np.ndarray) -> np.ndarray:
-    """Where the reference gradient's sign (and so a first AdamW step) is not determined (see module doc)."""
-    top = float(np.abs(g_ref).max()) if g_ref.size else 0.0
-    return np.abs(g_ref) <= TINY_RTOL * top
+    """Where the reference gradient's sign (and so a first AdamW step) is not determined (see module
+    doc); nowhere in an all-zero gradient (e.g. ``cfg_uncond`` without caption dropout: no update)."""
+    g_ref = np.abs(np.asarray(g_ref))
+    top = float(g_ref.max()) if g_ref.size else 0.0
+    return g_ref <= TINY_RTOL * top if top > 0 else np.zeros(g_ref.shape, bool)
 
 
 def compare_train_step(golden: dict, computed: dict) -> list[tuple[str, float, float, bool]]:
@@ -229,8 +231,9 @@ def summary_lines(rows: list[tuple[str, float, float, bool]]) -> list[str]:
         if sel:
             worst = max(sel, key=lambda r: (not np.isfinite(r[1]), r[1]))
             n_ok = sum(r[3] for r in sel)
-            lines.append(f"{'ok ' if n_ok == len(sel) else 'OFF'} train step: {what}: {worst[1]:.3g} "
-                         f"({worst[0][len(prefix):]}); tolerance {worst[2]:.3g}; {n_ok}/{len(sel)} tensors agree")
+            where = f" ({worst[0][len(prefix):]})" if worst[1] != 0 else ""
+            lines.append(f"{'ok ' if n_ok == len(sel) else 'OFF'} train step: {what}: {worst[1]:.3g}{where}; "
+                         f"tolerance {worst[2]:.3g}; {n_ok}/{len(sel)} tensors agree")
     for r in rows:
         if "/" not in r[0]:
             lines.append(f"{'ok ' if r[3] else 'OFF'} train step: {r[0]} relative error {r[1]:.3g}; "
