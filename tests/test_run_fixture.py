@@ -6,6 +6,8 @@ import sys
 
 import numpy as np
 
+from infinity_jax.tools.fixture_train_step import GOLDEN_FILE, compare_train_step
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -20,6 +22,11 @@ def test_run_fixture_recomputes_every_golden(official_tiny, tmp_path):
     for gfile in sorted(official_tiny.glob("golden_*.npz")):
         g = np.load(gfile)
         n_total += len(g.files)
+        if gfile.name == GOLDEN_FILE:  # the train step has its own rules (tests/training/test_train_step_parity.py)
+            rows = compare_train_step(dict(g), dict(ours))
+            assert len(rows) == len(g.files) and all(ok for *_, ok in rows), [r for r in rows if not r[-1]]
+            n_checked += len(rows)
+            continue
         for name in g.files:
             assert name in ours.files, f"{gfile.name}: {name} not computed"
             ref, got = g[name], ours[name]
@@ -41,6 +48,7 @@ def test_run_fixture_recomputes_every_golden(official_tiny, tmp_path):
         if line.strip().startswith("greedy: first differs"):
             margin = float(line.split("margin there ")[1].split()[0])
             assert margin < 1e-5, line
+    assert "train step: worst gradient error" in p.stdout and "OFF train step" not in p.stdout
     # the teacher-forced variant (fixture's own inputs) agrees too
     g = np.load(official_tiny / "golden_transformer.npz")
     np.testing.assert_allclose(ours["teacher_forced/logits_BLV"], g["logits_BLV"], atol=1e-4, rtol=0)
