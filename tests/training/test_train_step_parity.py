@@ -12,12 +12,13 @@ import numpy as np
 import optax
 import pytest
 
+from infinity_jax.transformer.attention import CPU_IMPLEMENTATIONS
 from infinity_jax.tools.fixture_train_step import (TrainStepSettingsError, decay_coefficients, fixture_optimizer,
                                                    fixture_params, read_settings, run_train_step, to_official,
                                                    train_step_inputs)
 
 #: attention implementations the step is checked with (``InfinityConfig.attention_impl``)
-IMPLS = ("xla",)
+IMPLS = CPU_IMPLEMENTATIONS
 GRAD_RTOL = 2e-4
 UPDATE_ATOL = 1e-5
 TINY_RTOL = 1e-5
