@@ -53,8 +53,8 @@ def _worst_update_error(golden, params_after) -> float:
     return worst
 
 
-@pytest.mark.parametrize("scan_blocks", [False, True], ids=["blocks", "scan"])
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl,scan_blocks", [(i, False) for i in IMPLS] + [("auto", True)],
+                         ids=[f"{i}-blocks" for i in IMPLS] + ["auto-scan"])
 def test_train_step_matches_official(official_tiny, golden, step_inputs, impl, scan_blocks):
     ours = run_train_step(official_tiny, *step_inputs, overrides=dict(scan_blocks=scan_blocks, attention_impl=impl))
     assert set(golden) <= set(ours), sorted(set(golden) - set(ours))
