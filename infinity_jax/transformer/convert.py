@@ -79,8 +79,8 @@ def block_prefix(b: int, depth: int, block_chunks: int) -> str:
 
 
 def _to_official(kind: str, a: np.ndarray) -> np.ndarray:
-    if kind == "T":
-        return np.ascontiguousarray(a.T)
+    if kind == "T":  # (din, [n,] dout) kernel -> torch (n*dout, din) weight
+        return np.ascontiguousarray(a.reshape(a.shape[0], -1).T)
     if kind == "scale_mul":
         return a.reshape(1, -1, 1, 1)
     return a
@@ -88,7 +88,7 @@ def _to_official(kind: str, a: np.ndarray) -> np.ndarray:
 
 def _from_official(kind: str, a: np.ndarray, want_shape) -> np.ndarray:
     if kind == "T":
-        return np.ascontiguousarray(a.T)
+        return np.ascontiguousarray(a.T).reshape(want_shape)
     if kind == "scale_mul":
         return a.reshape(want_shape)
     return a
@@ -96,7 +96,7 @@ def _from_official(kind: str, a: np.ndarray, want_shape) -> np.ndarray:
 
 def _official_shape(kind: str, shape) -> tuple:
     if kind == "T":
-        return tuple(shape[::-1])
+        return (int(np.prod(shape[1:])), shape[0])
     if kind == "scale_mul":
         return (1, shape[0], 1, 1)
     return tuple(shape)

@@ -53,6 +53,21 @@ class Linear(nnx.Module):
         return y
 
 
+class FusedLinear(nnx.Module):
+    """``n`` projections in one matmul, kept apart in the kernel (din, n, dout): tensor parallelism
+    splits every projection's heads, never the boundary between q|k|v (or k|v).
+
+    x (..., din) -> (..., n, dout).
+    """
+
+    def __init__(self, din: int, n: int, dout: int, axes: tuple, *, std: float = 0.02, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(param(_trunc_normal(std), axes)(rngs.params(), (din, n, dout), jnp.float32))
+
+    def __call__(self, x: jax.Array, dtype=None) -> jax.Array:
+        dtype = dtype or x.dtype
+        return jnp.einsum("...c,cnd->...nd", x.astype(dtype), self.kernel[...].astype(dtype))
+
+
 def layer_norm(x: jax.Array, eps: float) -> jax.Array:
     """Non-affine LayerNorm in float32."""
     x = x.astype(jnp.float32)
@@ -127,7 +142,7 @@ class SelfAttention(nnx.Module):
         std = math.sqrt(1 / C / 3)
         self.num_heads, self.head_dim = H, C // H
         self.impl, self.q_chunk = cfg.attention_impl, cfg.attention_q_chunk
-        self.mat_qkv = Linear(C, 3 * C, ("embed", "heads"), bias=False, std=std, rngs=rngs)
+        self.mat_qkv = FusedLinear(C, 3, C, ("embed", "qkv", "heads"), std=std, rngs=rngs)
         self.q_bias = nnx.Param(param(_zeros, ("heads",))(rngs.params(), (C,), jnp.float32))
         self.v_bias = nnx.Param(param(_zeros, ("heads",))(rngs.params(), (C,), jnp.float32))
         self.scale_mul = nnx.Param(param(nnx.initializers.constant(math.log(4.0)), ("heads",))(rngs.params(), (H,), jnp.float32))
@@ -136,7 +151,7 @@ class SelfAttention(nnx.Module):
     def qkv(self, x: jax.Array, cos_sin: jax.Array, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Normalised, temperature-scaled, rotated q, k and plain v, each (B,L,H,hd)."""
         B, L, C = x.shape
-        bias = jnp.concatenate([self.q_bias[...], jnp.zeros_like(self.q_bias[...]), self.v_bias[...]])
+        bias = jnp.stack([self.q_bias[...], jnp.zeros_like(self.q_bias[...]), self.v_bias[...]])
         qkv = (self.mat_qkv(x, dtype) + bias.astype(dtype)).reshape(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         temp = jnp.exp(jnp.minimum(self.scale_mul[...], math.log(100.0)))
@@ -168,7 +183,7 @@ class CrossAttention(nnx.Module):
         self.num_heads, self.head_dim = H, C // H
         self.impl, self.q_chunk = cfg.attention_impl, cfg.attention_q_chunk
         self.mat_q = Linear(C, C, ("embed", "heads"), std=std, rngs=rngs)
-        self.mat_kv = Linear(C, 2 * C, ("embed", "heads"), bias=False, std=std, rngs=rngs)
+        self.mat_kv = FusedLinear(C, 2, C, ("embed", "qkv", "heads"), std=std, rngs=rngs)
         self.v_bias = nnx.Param(param(_zeros, ("heads",))(rngs.params(), (C,), jnp.float32))
         self.proj = Linear(C, C, ("heads", "embed"), std=std / math.sqrt(2 * cfg.depth), rngs=rngs)
 
@@ -177,7 +192,7 @@ class CrossAttention(nnx.Module):
         T = ca_kv.shape[1]
         H, hd = self.num_heads, self.head_dim
         q = self.mat_q(x, dtype).reshape(B, L, H, hd)
-        kv = self.mat_kv(ca_kv, dtype) + jnp.concatenate([jnp.zeros_like(self.v_bias[...]), self.v_bias[...]]).astype(dtype)
+        kv = self.mat_kv(ca_kv, dtype) + jnp.stack([jnp.zeros_like(self.v_bias[...]), self.v_bias[...]]).astype(dtype)
         kv = kv.reshape(B, T, 2, H, hd)
         out = attn.prefix_attention(q, kv[:, :, 0], kv[:, :, 1], text_mask, scale=1 / math.sqrt(hd),
                                     impl=self.impl, q_chunk=self.q_chunk)
