@@ -147,9 +147,16 @@ def load(directory: str | os.PathLike, *, dtype: str | None = None, mesh=None):
         tcfg = InfinityConfig(**cfg["transformer"])
         if dtype is not None:
             tcfg = tcfg.replace(dtype=dtype)
-        vcfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["tokenizer"].items()})
+        tok = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["tokenizer"].items()}
+        # the token layout is the transformer's (the official code states it there); a tokenizer
+        # config that does not state it takes it, one that contradicts it is an error
+        tok.setdefault("apply_spatial_patchify", tcfg.apply_spatial_patchify)
+        vcfg = VAEConfig(**tok)
     except (TypeError, ValueError, KeyError) as e:
         raise BundleError(f"{directory / CONFIG_NAME}: bad config: {e}") from e
+    if vcfg.apply_spatial_patchify != tcfg.apply_spatial_patchify:
+        raise BundleError(f"{directory / CONFIG_NAME}: the tokenizer says apply_spatial_patchify="
+                          f"{vcfg.apply_spatial_patchify}, the transformer {tcfg.apply_spatial_patchify}")
     transformer = nnx.eval_shape(lambda: Infinity(tcfg, rngs=nnx.Rngs(0)))
     shardings = None
     if mesh is not None:

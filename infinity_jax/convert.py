@@ -69,9 +69,10 @@ def convert(*, transformer_path, vae_path, out, size=None, official_config=None,
     else:
         raw = json.loads(pathlib.Path(official_config).read_text())
         conf = raw.get("config", raw)
-        tcfg = InfinityConfig.from_official(conf.get("infinity", conf))
+        # both read apply_spatial_patchify wherever the configuration states it (schedules.official_patchify)
+        tcfg = InfinityConfig.from_official(conf)
         if "vae" in conf:
-            vae_cfg = VAEConfig.from_official(conf["vae"])
+            vae_cfg = VAEConfig.from_official(conf)
     tcfg = tcfg.replace(scan_blocks=True, dtype="float32")
     t0 = time.perf_counter()
     log(f"reading transformer weights {transformer_path}")
@@ -84,6 +85,9 @@ def convert(*, transformer_path, vae_path, out, size=None, official_config=None,
     vstate = load_state_dict(vae_path)
     if vae_cfg is None:
         vae_cfg = infer_config(vstate, apply_spatial_patchify=tcfg.apply_spatial_patchify)
+    if vae_cfg.apply_spatial_patchify != tcfg.apply_spatial_patchify:
+        raise ValueError(f"the tokenizer config says apply_spatial_patchify={vae_cfg.apply_spatial_patchify}, the "
+                         f"transformer's {tcfg.apply_spatial_patchify}")
     if vae_cfg.codebook_dim != tcfg.codebook_dim:
         raise ValueError(f"the VAE has {vae_cfg.codebook_dim} bits per token but the transformer expects "
                          f"{tcfg.codebook_dim}: wrong VAE file for this model size?")

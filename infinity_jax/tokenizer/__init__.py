@@ -8,6 +8,7 @@ Public API (channels-last throughout; images NHWC in [-1, 1]):
 * :mod:`~infinity_jax.tokenizer.quantizer` -- BSQ and the multi-scale residual quantizer.
 * :mod:`~infinity_jax.tokenizer.convert` -- official state_dict <-> NNX.
 """
+from infinity_jax.tokenizer.patchify import patchify, unpatchify
 from infinity_jax.tokenizer.quantizer import (
     MultiScaleOutput,
     bits_to_codes,
@@ -30,8 +31,6 @@ from infinity_jax.tokenizer.vae import (
     jit_decode_bits,
     jit_encode,
     load,
-    patchify,
-    unpatchify,
 )
 from infinity_jax.tokenizer.convert import from_official, infer_config, to_official  # noqa: E402
 
