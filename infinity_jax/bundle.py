@@ -111,7 +111,9 @@ def save(directory: str | os.PathLike, transformer, tokenizer, *, text_encoder_f
     cfg = {
         "format": FORMAT,
         "transformer": dataclasses.asdict(transformer.cfg),
-        "tokenizer": dataclasses.asdict(tokenizer.config),
+        # the token layout is the transformer's (see load)
+        "tokenizer": {**dataclasses.asdict(tokenizer.config),
+                      "apply_spatial_patchify": transformer.cfg.apply_spatial_patchify},
         "text_encoder": text_name,
         "sampling": sampling or {},
         **(extra or {}),
@@ -148,15 +150,12 @@ def load(directory: str | os.PathLike, *, dtype: str | None = None, mesh=None):
         if dtype is not None:
             tcfg = tcfg.replace(dtype=dtype)
         tok = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["tokenizer"].items()}
-        # the token layout is the transformer's (the official code states it there); a tokenizer
-        # config that does not state it takes it, one that contradicts it is an error
-        tok.setdefault("apply_spatial_patchify", tcfg.apply_spatial_patchify)
+        # the token layout belongs to the transformer (the official code gives it the flag; a
+        # tokenizer trained on its own does not know it): the tokenizer follows it
+        tok["apply_spatial_patchify"] = tcfg.apply_spatial_patchify
         vcfg = VAEConfig(**tok)
     except (TypeError, ValueError, KeyError) as e:
         raise BundleError(f"{directory / CONFIG_NAME}: bad config: {e}") from e
-    if vcfg.apply_spatial_patchify != tcfg.apply_spatial_patchify:
-        raise BundleError(f"{directory / CONFIG_NAME}: the tokenizer says apply_spatial_patchify="
-                          f"{vcfg.apply_spatial_patchify}, the transformer {tcfg.apply_spatial_patchify}")
     transformer = nnx.eval_shape(lambda: Infinity(tcfg, rngs=nnx.Rngs(0)))
     shardings = None
     if mesh is not None:

@@ -85,9 +85,6 @@ def convert(*, transformer_path, vae_path, out, size=None, official_config=None,
     vstate = load_state_dict(vae_path)
     if vae_cfg is None:
         vae_cfg = infer_config(vstate, apply_spatial_patchify=tcfg.apply_spatial_patchify)
-    if vae_cfg.apply_spatial_patchify != tcfg.apply_spatial_patchify:
-        raise ValueError(f"the tokenizer config says apply_spatial_patchify={vae_cfg.apply_spatial_patchify}, the "
-                         f"transformer's {tcfg.apply_spatial_patchify}")
     if vae_cfg.codebook_dim != tcfg.codebook_dim:
         raise ValueError(f"the VAE has {vae_cfg.codebook_dim} bits per token but the transformer expects "
                          f"{tcfg.codebook_dim}: wrong VAE file for this model size?")
