@@ -29,15 +29,16 @@ from infinity_jax.transformer.model import Infinity
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official-tiny"
 
 
-def build(name: str, scan: bool):
+def build(name: str, scan: bool, impl: str = "auto"):
     if name == "official-tiny":
         man = json.loads((SHARED / "manifest.json").read_text()) if SHARED.exists() else None
         if man is not None:
-            cfg = InfinityConfig.from_official(man["config"]["infinity"], scan_blocks=scan)
+            cfg = InfinityConfig.from_official(man["config"]["infinity"], scan_blocks=scan, attention_impl=impl)
             return load(str(SHARED / "weights_infinity.npz"), cfg)
-        cfg = InfinityConfig(depth=2, embed_dim=128, num_heads=2, block_chunks=2, scan_blocks=scan)
+        cfg = InfinityConfig(depth=2, embed_dim=128, num_heads=2, block_chunks=2, scan_blocks=scan,
+                             attention_impl=impl)
     else:
-        cfg = size_config(name, scan_blocks=scan)
+        cfg = size_config(name, scan_blocks=scan, attention_impl=impl)
     return Infinity(cfg, rngs=nnx.Rngs(0))
 
 
@@ -61,12 +62,14 @@ def main():
     ap.add_argument("--text_len", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--scan", action="store_true", help="stack blocks under jax.lax.scan")
+    ap.add_argument("--attention_impl", default="reference,auto",
+                    help="comma-separated attention backends to time side by side (reference = dense L x L)")
     args = ap.parse_args()
     sched = get_schedule(1.0, args.pn).scales
     L = sum(h * w for _, h, w in sched)
     print(f"devices: {jax.devices()}  batch {args.batch}, {args.pn} ({L} tokens), caption {args.text_len} tokens")
-    for name in args.sizes.split(","):
-        model = build(name, args.scan)
+    for name, impl in [(n, i) for n in args.sizes.split(",") for i in args.attention_impl.split(",")]:
+        model = build(name, args.scan, impl)
         cfg = model.cfg
         rng = np.random.default_rng(0)
         B, T = args.batch, args.text_len
@@ -87,7 +90,7 @@ def main():
         c_f, t_f = timeit(forward, state, text, mask, x, repeats=args.repeats)
         c_b, t_b = timeit(grad, state, text, mask, x, bits, repeats=args.repeats)
         fl = forward_flops(cfg, sched, T)["total"] * B
-        print(f"{name:>14}: forward {t_f * 1e3:8.1f} ms (compile {c_f:.1f} s, {B * L / t_f:,.0f} tokens/s, "
+        print(f"{name:>14} {impl:>11}: forward {t_f * 1e3:8.1f} ms (compile {c_f:.1f} s, {B * L / t_f:,.0f} tokens/s, "
               f"{fl / t_f / 1e12:.3f} TFLOP/s) | forward+backward {t_b * 1e3:8.1f} ms (compile {c_b:.1f} s, "
               f"{B * L / t_b:,.0f} tokens/s, {3 * fl / t_b / 1e12:.3f} TFLOP/s)")
 

@@ -7,9 +7,11 @@ import sys
 
 import numpy as np
 
+from infinity_jax.tools.fixture_train_step import GOLDEN_FILE, compare_train_step
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-#: The golden files the runner reproduces (tokenizer, teacher-forced transformer, sampling runs).
-RUNNER_GOLDENS = ("golden_vae.npz", "golden_transformer.npz", "golden_sampling.npz")
+#: The golden files the runner reproduces (tokenizer, teacher-forced transformer, sampling runs, training step).
+RUNNER_GOLDENS = ("golden_vae.npz", "golden_transformer.npz", "golden_sampling.npz", GOLDEN_FILE)
 
 
 def test_run_fixture_recomputes_every_golden(official, tmp_path):
@@ -23,6 +25,11 @@ def test_run_fixture_recomputes_every_golden(official, tmp_path):
     for gfile in RUNNER_GOLDENS:
         g = np.load(official / gfile)
         n_total += len(g.files)
+        if gfile == GOLDEN_FILE:  # the train step has its own rules (tests/training/test_train_step_parity.py)
+            rows = compare_train_step(dict(g), dict(ours))
+            assert len(rows) == len(g.files) and all(ok for *_, ok in rows), [r for r in rows if not r[-1]]
+            n_checked += len(rows)
+            continue
         for name in g.files:
             assert name in ours.files, f"{gfile}: {name} not computed"
             ref, got = g[name], ours[name]
@@ -43,6 +50,7 @@ def test_run_fixture_recomputes_every_golden(official, tmp_path):
         if line.strip().startswith("greedy: first differs"):
             margin = float(line.split("margin there ")[1].split()[0])
             assert margin < 1e-5, line
+    assert "train step: worst gradient error" in p.stdout and "OFF train step" not in p.stdout
     # the teacher-forced variant (fixture's own inputs) agrees too
     g = np.load(official / "golden_transformer.npz")
     np.testing.assert_allclose(ours["teacher_forced/logits_BLV"], g["logits_BLV"], atol=1e-4, rtol=0)

@@ -158,7 +158,7 @@ class Sampler:
                     kc = jax.lax.dynamic_update_slice(new_caches[i][0], kk.astype(new_caches[i][0].dtype), (0, off, 0, 0))
                     vc = jax.lax.dynamic_update_slice(new_caches[i][1], vv.astype(new_caches[i][1].dtype), (0, off, 0, 0))
                     new_caches[i] = (kc, vc)
-                    return kc[:, :off + n], vc[:, :off + n], None
+                    return kc[:, :off + n], vc[:, :off + n]
 
                 x = blk(x, tc.ada, tc.ca_kv, tc.text_mask, cos_sin, None, dtype=dtype, kv_cache=write)
                 if use_cfg and cfg_layer < 0 and i == mcfg.depth + cfg_layer:

@@ -18,10 +18,17 @@ the golden files' names, in the official layouts:
 * sampling (golden_sampling): per run of ``config.sampling`` ``RUN/head_logits_scaleSS``,
   ``RUN/bits_scaleSS``, ``RUN/summed_codes``, ``RUN/decoded_image``, ``RUN/image_uint8_bgr``
   (greedy runs free; ``official_stochastic`` replays the recorded bits; runs with ``gt_leak``
-  feed the tokenizer's bits of the input image for that many scales).
+  feed the tokenizer's bits of the input image for that many scales);
+* one training step (golden_train_step, when the fixture has ``train_step.json``): ``loss``,
+  ``grad_norm``, ``clip_value``, ``grad/<name>``, ``param_after/<name>``, ``weight_decay/<name>``
+  through the project's training code (:mod:`infinity_jax.tools.fixture_train_step`), compared
+  by its own rules (gradients relative to each tensor's max, updates where the gradient is not tiny).
+
+``--set scan_blocks=true`` (repeatable) overrides transformer config fields.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import sys
@@ -36,7 +43,7 @@ def _nchw(x):
     return np.asarray(x).transpose(0, 3, 1, 2)
 
 
-def _text_inputs(inputs: dict):
+def text_inputs(inputs: dict):
     if "text_features" in inputs:
         feats = inputs["text_features"]
         mask = inputs.get("text_mask")
@@ -53,8 +60,11 @@ def _text_inputs(inputs: dict):
     return feats, np.arange(T)[None] < lens[:, None]
 
 
-def run_fixture(folder: str | pathlib.Path, log=print) -> dict[str, np.ndarray]:
-    """All quantities this package can compute for a fixture folder, under the golden names."""
+def run_fixture(folder: str | pathlib.Path, log=print, overrides: dict | None = None) -> dict[str, np.ndarray]:
+    """All quantities this package can compute for a fixture folder, under the golden names.
+
+    ``overrides``: :class:`InfinityConfig` fields set on top of the fixture's config.
+    """
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
@@ -63,6 +73,7 @@ def run_fixture(folder: str | pathlib.Path, log=print) -> dict[str, np.ndarray]:
     from infinity_jax.state_dict import load_state_dict  # noqa: PLC0415
     from infinity_jax.tokenizer.convert import from_official as vae_from_official  # noqa: PLC0415
     from infinity_jax.tokenizer.vae import VAEConfig, jit_decode  # noqa: PLC0415
+    from infinity_jax.tools.fixture_train_step import run_train_step  # noqa: PLC0415
     from infinity_jax.transformer.config import InfinityConfig  # noqa: PLC0415
     from infinity_jax.transformer.convert import export_official, load as load_transformer  # noqa: PLC0415
     from infinity_jax.transformer.loss import infinity_loss  # noqa: PLC0415
@@ -104,9 +115,9 @@ def run_fixture(folder: str | pathlib.Path, log=print) -> dict[str, np.ndarray]:
 
     if (folder / "weights_infinity.npz").exists():
         t0 = time.perf_counter()
-        tcfg = InfinityConfig.from_official(conf)
+        tcfg = InfinityConfig.from_official(conf, **(overrides or {}))
         model = load_transformer(str(folder / "weights_infinity.npz"), tcfg)
-        text, mask = _text_inputs(inputs)
+        text, mask = text_inputs(inputs)
         text, mask = jnp.asarray(text), jnp.asarray(mask)
         out.update(export_official(model))
 
@@ -126,6 +137,7 @@ def run_fixture(folder: str | pathlib.Path, log=print) -> dict[str, np.ndarray]:
             res.update({k: np.asarray(v) for k, v in inter.items() if k.startswith("block")})
             out.update({prefix + k: v for k, v in res.items()})
 
+        bsc = None
         if vae is not None:
             raw = jnp.asarray(out["raw_features"].transpose(0, 2, 3, 1))
             bsc = flip_requant(raw, sched, patchify=patch)
@@ -137,6 +149,13 @@ def run_fixture(folder: str | pathlib.Path, log=print) -> dict[str, np.ndarray]:
                 forward(jnp.asarray(g["x_BLC_wo_prefix"]), jnp.asarray(g["gt_BL_bits"]),
                         "" if vae is None else "teacher_forced/")
         log(f"transformer: {time.perf_counter() - t0:.1f} s")
+
+        t0 = time.perf_counter()
+        step = run_train_step(folder, *((bsc.x_BLC_wo_prefix, bsc.labels) if bsc is not None else ()),
+                              overrides=overrides)
+        if step:
+            out.update(step)
+            log(f"train step: {time.perf_counter() - t0:.1f} s")
 
         if vae is not None and conf.get("sampling"):
             t0 = time.perf_counter()
@@ -169,10 +188,16 @@ def run_fixture(folder: str | pathlib.Path, log=print) -> dict[str, np.ndarray]:
 
 
 def compare(folder: str | pathlib.Path, computed: dict[str, np.ndarray]) -> list[tuple[str, str, float, bool]]:
-    """[(golden file, name, max |error| or bit-mismatch count, ok at 1e-4)] for every golden quantity."""
+    """[(golden file, name, error, ok)] for every golden quantity: max |error| within 1e-4, bits
+    exact, uint8 within 1; the train step by its own rules (``fixture_train_step.compare_train_step``)."""
+    from infinity_jax.tools.fixture_train_step import GOLDEN_FILE, compare_train_step  # noqa: PLC0415
+
     rows = []
     for gfile in sorted(pathlib.Path(folder).glob("golden_*.npz")):
         g = np.load(gfile)
+        if gfile.name == GOLDEN_FILE:
+            rows += [(gfile.name, name, err, ok) for name, err, _, ok in compare_train_step(dict(g), computed)]
+            continue
         for name in g.files:
             ref = g[name]
             if name not in computed:
@@ -202,13 +227,26 @@ def main(argv=None):
     ap.add_argument("--fixture", required=True, help="fixture folder (manifest.json, weights_*.npz, inputs.npz)")
     ap.add_argument("--out", required=True, help="output .npz")
     ap.add_argument("--compare", action="store_true", help="print the agreement with the fixture's golden files")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a transformer config field, e.g. scan_blocks=true (repeatable)")
     args = ap.parse_args(argv)
+    from infinity_jax.tools.fixture_train_step import (GOLDEN_FILE, GRAD_RTOL, SCALAR_RTOL,  # noqa: PLC0415
+                                                       UPDATE_ATOL, TrainStepSettingsError, compare_train_step,
+                                                       summary_lines)
+
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     folder = pathlib.Path(args.fixture)
     if not (folder / "manifest.json").exists():
         sys.exit(f"error: {folder} is not a fixture folder (no manifest.json)")
     if not (folder / "inputs.npz").exists():
         sys.exit(f"error: {folder} has no inputs.npz")
-    computed = run_fixture(folder)
+    try:
+        computed = run_fixture(folder, overrides=overrides)
+    except TrainStepSettingsError as e:
+        sys.exit(f"error: {e}")
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **computed)
@@ -217,15 +255,39 @@ def main(argv=None):
         rows = compare(folder, computed)
         bad = [r for r in rows if not r[3]]
         for f, name, err, ok in rows:
-            if not name.startswith(("block_chunks", "text_proj", "cfg_uncond", "head.", "head_nm", "lvl_", "pos_",
-                                    "word_embed.", "shared_ada_lin.", "text_norm.")):
+            if f != GOLDEN_FILE and not name.startswith(("block_chunks", "text_proj", "cfg_uncond", "head.", "head_nm",
+                                                          "lvl_", "pos_", "word_embed.", "shared_ada_lin.",
+                                                          "text_norm.")):
                 print(f"  {'ok ' if ok else 'OFF'} {f:24s} {name:48s} {err:.3g}")
+        golden_step = pathlib.Path(folder) / GOLDEN_FILE
+        if golden_step.exists():
+            for line in summary_lines(compare_train_step(dict(np.load(golden_step)), computed)):
+                print("  " + line)
         print(f"{len(rows) - len(bad)}/{len(rows)} golden quantities agree (float within 1e-4, bits exact, "
-              f"uint8 within 1)")
+              f"uint8 within 1; train step: gradients within {GRAD_RTOL:g} of each tensor's max, updates within "
+              f"{UPDATE_ATOL:g} where the gradient is not tiny, decay coefficients equal, scalars within "
+              f"{SCALAR_RTOL:g} relative)")
         for f, name, err, ok in bad:
             print(f"  differs: {f} {name}: {err}")
         for line in explain_sampling_differences(folder, computed):
             print("  " + line)
+
+
+def parse_overrides(items) -> dict:
+    """``["scan_blocks=true", "attention_impl=xla"]`` -> {field: value} (JSON values, else strings)."""
+    from infinity_jax.transformer.config import InfinityConfig  # noqa: PLC0415
+
+    fields = {f.name for f in dataclasses.fields(InfinityConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def explain_sampling_differences(folder, computed) -> list[str]:

@@ -2,10 +2,8 @@
 
 * AdamW, betas (0.9, 0.97), eps 1e-8 (``train.sh``: ``--opt=adamw --ada=0.9_0.97``);
 * peak learning rate ``tblr * global_batch / 256`` with ``tblr = 6e-3`` (``arg_util``);
-* weight decay 0.005 on weight matrices only: every Linear kernel, i.e. what the official
-  ``nowd_keys`` filter leaves (ndim >= 2, not ``cfg_uncond``, ``pos_start``, ``lvl_embed``,
-  ``ada_gss``, the pool's ``mat_q``...); biases, norms and embeddings-like tables get none;
-* gradient clipping at global norm 5 (``--tclip=5``);
+* weight decay 0.005 on weight matrices only (:func:`decay_mask`);
+* gradient clipping at global norm 5 (``--tclip=5``), as ``torch.nn.utils.clip_grad_norm_``;
 * schedule: optional linear warm-up from ``warmup_init * peak``, then ``constant`` (the official
   ``lin0`` with ``wp~0, wpe=1`` is constant), ``lin0`` (flat for 5 % of the remaining steps, then
   linear to ``final_ratio * peak``) or ``cosine``.
@@ -62,9 +60,28 @@ def learning_rate_schedule(peak: float, total_steps: int, *, warmup_steps: int =
 
 
 def decay_mask(params) -> Any:
-    """True on the leaves that take weight decay (Linear kernels)."""
+    """True on the leaves that take weight decay: the Linear kernels.
+
+    The official parameter groups (``filter_params``) decay a parameter unless it has ndim <= 1
+    (biases, norm weights, ``q_bias``/``v_bias``) or its name holds a ``nowd_keys`` entry
+    (``cfg_uncond``, ``pos_start``, ``lvl_embed``, ``ada_gss``, ``scale_mul``,
+    ``text_proj_for_sos.ca.mat_q``, ...). What that leaves in Infinity is exactly its Linear
+    weights, our ``kernel`` leaves (``tests/training/test_train_step_parity.py`` checks every
+    coefficient against the official step).
+    """
     return jax.tree_util.tree_map_with_path(
         lambda path, _: str(getattr(path[-1], "key", path[-1])) in DECAY_LEAVES, params)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """``torch.nn.utils.clip_grad_norm_``: scale by ``min(1, max_norm / (norm + 1e-6))``."""
+
+    def update(updates, state, params=None):
+        del params
+        coef = jnp.minimum(1.0, max_norm / (optax.global_norm(updates) + 1e-6))
+        return jax.tree.map(lambda g: (g * coef).astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def make_optimizer(optim_cfg, lr_fn: Callable) -> optax.GradientTransformation:
@@ -74,7 +91,7 @@ def make_optimizer(optim_cfg, lr_fn: Callable) -> optax.GradientTransformation:
         raise ValueError(f"unknown optimizer {name!r}; only 'adamw' (the official recipe) is implemented")
     parts = []
     if optim_cfg.clip and optim_cfg.clip > 0:
-        parts.append(optax.clip_by_global_norm(float(optim_cfg.clip)))
+        parts.append(clip_by_global_norm(float(optim_cfg.clip)))
     parts.append(optax.adamw(lr_fn, b1=float(optim_cfg.b1), b2=float(optim_cfg.b2), eps=float(optim_cfg.eps),
                              weight_decay=float(optim_cfg.wd), mask=decay_mask))
     return optax.chain(*parts)

@@ -25,7 +25,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -34,9 +33,9 @@ from infinity_jax.sharding import make_mesh
 from infinity_jax.training import state as st
 from infinity_jax.training.metrics import MetricsLogger, peak_tflops, scalar_metrics
 from infinity_jax.training.optimizer import learning_rate_schedule, make_optimizer, peak_learning_rate
+from infinity_jax.training.step import apply_update, loss_and_grads
 from infinity_jax.transformer.config import SIZE_NAMES, InfinityConfig, size_config
 from infinity_jax.transformer.flops import train_flops
-from infinity_jax.transformer.loss import infinity_loss
 from infinity_jax.transformer.model import Infinity
 from infinity_jax.transformer.self_correction import flip_requant
 
@@ -370,22 +369,15 @@ class Trainer:
             out_bsc = flip_requant(feats, scales, k_bsc if bsc.enabled else None, strength=float(bsc.strength),
                                    apply_layers=int(bsc.apply_layers), patchify=mcfg.apply_spatial_patchify)
 
-            def loss_fn(params):
-                model = self.md.merge(params)
-                logits = model(batch["text"], batch["text_mask"], out_bsc.x_BLC_wo_prefix, scales, rng=k_model,
-                               deterministic=False)
-                out = infinity_loss(logits, out_bsc.labels, scales, reweight=bool(c.loss.reweight_by_scale),
-                                    label_smoothing=float(c.loss.label_smoothing))
-                return out.loss, out
-
-            (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-            gnorm = optax.global_norm(grads)
-            updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-            params = optax.apply_updates(state["params"], updates)
+            out, grads = loss_and_grads(self.md.merge, state["params"], batch["text"], batch["text_mask"],
+                                        out_bsc.x_BLC_wo_prefix, out_bsc.labels, scales, rng=k_model,
+                                        deterministic=False, reweight=bool(c.loss.reweight_by_scale),
+                                        label_smoothing=float(c.loss.label_smoothing))
+            params, opt_state, gnorm = apply_update(self.tx, state["params"], state["opt_state"], grads)
             new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
             if self.use_ema:
                 new["ema"] = jax.tree.map(lambda e, p: e * ema_decay + (1 - ema_decay) * p, state["ema"], params)
-            metrics = {"loss": loss, "loss_uniform": out.loss_mean_uniform,
+            metrics = {"loss": out.loss, "loss_uniform": out.loss_mean_uniform,
                        "loss_reweighted": out.loss_mean_scale_reweighted, "bit_accuracy": out.bit_accuracy,
                        "token_accuracy": out.token_accuracy, "per_scale_loss": out.per_scale_loss,
                        "per_scale_bit_accuracy": out.per_scale_bit_accuracy, "grad_norm": gnorm,

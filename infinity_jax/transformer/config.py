@@ -6,6 +6,9 @@ from typing import Any, Mapping
 
 from infinity_jax.schedules import PATCHIFY_FACTOR, official_patchify
 
+#: ``attention_impl`` values (the backends live in :mod:`infinity_jax.transformer.attention`).
+ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "xla", "dot_product", "splash")
+
 
 @dataclasses.dataclass(frozen=True)
 class InfinityConfig:
@@ -19,10 +22,16 @@ class InfinityConfig:
       text_channels: T5 width (2048 for Flan-T5-XL); text_maxlen: rows of the learned null text.
       norm_eps: LayerNorm / RMSNorm epsilon.
       block_chunks: official state_dict nesting (``block_chunks.{c}.module.{i}``); naming only.
-      scan_blocks: stack blocks and run them with ``jax.lax.scan``; remat: checkpoint each block.
+      scan_blocks: stack blocks and run them with ``jax.lax.scan``; remat: checkpoint each block;
+        remat_policy: what a checkpointed block keeps (``full``: nothing; ``dots``: weight matmuls,
+        never attention logits).
       drop_path_rate: stochastic depth (linearly increasing per block), training only.
       cond_drop_rate: classifier-free-guidance dropout of the caption during training.
       dtype: compute dtype of the blocks (params stay float32); norms, AdaLN, head are fp32.
+      attention_impl: ``auto`` (by backend), ``reference`` (dense with a mask, for parity), ``xla``
+        (chunked per-scale prefix attention), ``dot_product`` (``jax.nn.dot_product_attention``,
+        cuDNN on GPU), ``splash`` (Pallas TPU kernel); see :mod:`infinity_jax.transformer.attention`.
+      attention_q_chunk: queries per chunk of the ``xla`` backend (memory ~ chunk x sequence).
     """
 
     depth: int = 2
@@ -37,11 +46,13 @@ class InfinityConfig:
     block_chunks: int = 1
     scan_blocks: bool = False
     remat: bool = False
+    remat_policy: str = "full"
     drop_path_rate: float = 0.0
     cond_drop_rate: float = 0.0
     num_levels: int = 15
     dtype: str = "float32"
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
+    attention_q_chunk: int = 1024
 
     @property
     def head_dim(self) -> int:
@@ -76,6 +87,13 @@ class InfinityConfig:
             raise ValueError(f"head_dim {self.head_dim} must be a multiple of 4 for 2-D RoPE")
         if self.embed_dim % self.pool_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by {self.pool_heads} pool heads")
+        if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"unknown attention_impl {self.attention_impl!r}; choose one of "
+                             f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
+        if self.remat_policy not in ("full", "dots"):
+            raise ValueError(f"unknown remat_policy {self.remat_policy!r}; choose 'full' or 'dots'")
+        if self.attention_q_chunk < 1:
+            raise ValueError(f"attention_q_chunk must be positive, got {self.attention_q_chunk}")
         if self.depth % max(self.block_chunks, 1):
             raise ValueError(f"depth {self.depth} is not divisible by block_chunks {self.block_chunks}")
         return self

@@ -24,7 +24,8 @@ import numpy as np
 from flax import nnx
 
 from infinity_jax.schedules import scale_offsets
-from infinity_jax.sharding import param
+from infinity_jax.sharding import constrain, param
+from infinity_jax.transformer import attention as attn
 from infinity_jax.transformer.config import InfinityConfig
 from infinity_jax.transformer.rope import apply_rope, rope_cos_sin
 
@@ -69,17 +70,16 @@ def l2norm(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True)), eps)
 
 
-def attention(q, k, v, bias=None, mask=None, scale=1.0):
-    """Softmax attention. q (B,Lq,H,hd), k/v (B,Lk,H,hd); mask (B|1, 1|H, Lq, Lk) bool or None."""
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32)) * scale
-    if bias is not None:
-        logits = logits + bias
-    if mask is not None:
-        logits = jnp.where(mask, logits, -1e30)
-    probs = jax.nn.softmax(logits, axis=-1)
-    if mask is not None:  # rows with no visible key give zeros, never NaN
-        probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+def remat_policy(name: str):
+    """What a rematerialised block keeps for its backward pass.
+
+    ``full``: nothing (everything is recomputed); ``dots``: the outputs of matmuls against weights
+    (no batch dimensions), never attention logits or probabilities.
+    """
+    policies = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+    if name not in policies:
+        raise ValueError(f"unknown remat_policy {name!r}; choose one of {', '.join(policies)}")
+    return policies[name]
 
 
 class TextCondition(NamedTuple):
@@ -101,6 +101,7 @@ class TextPool(nnx.Module):
     def __init__(self, cfg: InfinityConfig, *, rngs: nnx.Rngs):
         C, Ct, H = cfg.embed_dim, cfg.text_channels, cfg.pool_heads
         self.num_heads, self.head_dim = H, C // H
+        self.impl = cfg.attention_impl
         std = math.sqrt(1 / C / 3)
         self.mat_q = nnx.Param(param(_trunc_normal(std), (None, "heads", "kv"))(rngs.params(), (1, H, C // H), jnp.float32))
         self.mat_kv = Linear(Ct, 2 * C, ("text_embed", "embed"), bias=False, rngs=rngs)
@@ -114,7 +115,7 @@ class TextPool(nnx.Module):
         kv = kv + jnp.concatenate([jnp.zeros_like(self.v_bias[...]), self.v_bias[...]])
         kv = kv.reshape(B, T, 2, H, hd)
         q = jnp.broadcast_to(self.mat_q[...][None], (B, 1, H, hd))
-        out = attention(q, kv[:, :, 0], kv[:, :, 1], mask=mask[:, None, None, :], scale=1 / math.sqrt(hd))
+        out = attn.prefix_attention(q, kv[:, :, 0], kv[:, :, 1], mask, scale=1 / math.sqrt(hd), impl=self.impl)
         return self.proj(out.reshape(B, H * hd))
 
 
@@ -125,6 +126,7 @@ class SelfAttention(nnx.Module):
         C, H = cfg.embed_dim, cfg.num_heads
         std = math.sqrt(1 / C / 3)
         self.num_heads, self.head_dim = H, C // H
+        self.impl, self.q_chunk = cfg.attention_impl, cfg.attention_q_chunk
         self.mat_qkv = Linear(C, 3 * C, ("embed", "heads"), bias=False, std=std, rngs=rngs)
         self.q_bias = nnx.Param(param(_zeros, ("heads",))(rngs.params(), (C,), jnp.float32))
         self.v_bias = nnx.Param(param(_zeros, ("heads",))(rngs.params(), (C,), jnp.float32))
@@ -141,15 +143,20 @@ class SelfAttention(nnx.Module):
         q = l2norm(q.astype(jnp.float32)) * temp[None, None, :, None]
         k = l2norm(k.astype(jnp.float32))
         q, k = apply_rope(q, cos_sin), apply_rope(k, cos_sin)
-        return q, k, v
+        names = ("act_batch", "act_len", "act_heads", "act_kv")
+        return constrain(q, names), constrain(k, names), constrain(v, names)
 
-    def __call__(self, x, cos_sin, mask, dtype, kv_cache=None):
+    def __call__(self, x, cos_sin, offsets, dtype, kv_cache=None):
+        """x (B,l,C). Training: ``offsets`` = the schedule's scale starts + L (block-causal over x).
+        Sampling: ``kv_cache(k, v)`` stores this scale's keys/values and returns the visible prefix."""
         B, L, C = x.shape
         q, k, v = self.qkv(x, cos_sin, dtype)
         if kv_cache is not None:
-            k, v, mask = kv_cache(k, v)
-        out = attention(q, k, v, mask=mask, scale=1.0).reshape(B, L, C)
-        return self.proj(out.astype(dtype), dtype)
+            k, v = kv_cache(k, v)
+            out = attn.prefix_attention(q, k, v, impl=self.impl, q_chunk=self.q_chunk)
+        else:
+            out = attn.block_causal_attention(q, k, v, offsets, impl=self.impl, q_chunk=self.q_chunk)
+        return self.proj(out.reshape(B, L, C).astype(dtype), dtype)
 
 
 class CrossAttention(nnx.Module):
@@ -159,6 +166,7 @@ class CrossAttention(nnx.Module):
         C, H = cfg.embed_dim, cfg.num_heads
         std = math.sqrt(1 / C / 3)
         self.num_heads, self.head_dim = H, C // H
+        self.impl, self.q_chunk = cfg.attention_impl, cfg.attention_q_chunk
         self.mat_q = Linear(C, C, ("embed", "heads"), std=std, rngs=rngs)
         self.mat_kv = Linear(C, 2 * C, ("embed", "heads"), bias=False, std=std, rngs=rngs)
         self.v_bias = nnx.Param(param(_zeros, ("heads",))(rngs.params(), (C,), jnp.float32))
@@ -171,7 +179,8 @@ class CrossAttention(nnx.Module):
         q = self.mat_q(x, dtype).reshape(B, L, H, hd)
         kv = self.mat_kv(ca_kv, dtype) + jnp.concatenate([jnp.zeros_like(self.v_bias[...]), self.v_bias[...]]).astype(dtype)
         kv = kv.reshape(B, T, 2, H, hd)
-        out = attention(q, kv[:, :, 0], kv[:, :, 1], mask=text_mask[:, None, None, :], scale=1 / math.sqrt(hd))
+        out = attn.prefix_attention(q, kv[:, :, 0], kv[:, :, 1], text_mask, scale=1 / math.sqrt(hd),
+                                    impl=self.impl, q_chunk=self.q_chunk)
         return self.proj(out.reshape(B, L, C).astype(dtype), dtype)
 
 
@@ -183,7 +192,8 @@ class FFN(nnx.Module):
         self.fc2 = Linear(M, C, ("mlp", "embed"), std=std / math.sqrt(2 * cfg.depth), rngs=rngs)
 
     def __call__(self, x, dtype):
-        return self.fc2(jax.nn.gelu(self.fc1(x, dtype), approximate=True), dtype)
+        h = constrain(jax.nn.gelu(self.fc1(x, dtype), approximate=True), ("act_batch", "act_len", "act_mlp"))
+        return self.fc2(h, dtype)
 
 
 class Block(nnx.Module):
@@ -200,26 +210,22 @@ class Block(nnx.Module):
         self.ca_norm_scale = nnx.Param(param(_ones, ("norm",))(rngs.params(), (C,), jnp.float32))
         self.ca_norm_bias = nnx.Param(param(_zeros, ("norm",))(rngs.params(), (C,), jnp.float32))
 
-    def __call__(self, x, ada, ca_kv, text_mask, cos_sin, mask, *, dtype=jnp.float32, kv_cache=None,
+    def __call__(self, x, ada, ca_kv, text_mask, cos_sin, offsets, *, dtype=jnp.float32, kv_cache=None,
                  drop_path=None):
-        """x (B,L,C) float32 residual stream; ada (B,1,6,C). Returns the new residual stream."""
+        """x (B,L,C) float32 residual stream; ada (B,1,6,C); offsets: see :meth:`SelfAttention.__call__`.
+        Returns the new residual stream."""
+        x = constrain(x, ("act_batch", "act_len", "act_embed"))
         g1, g2, s1, s2, b1, b2 = [t[:, :, 0] for t in jnp.split(self.ada_gss[...] + ada, 6, axis=2)]
         keep1 = keep2 = 1.0
         if drop_path is not None:
             keep1, keep2 = drop_path
         h = layer_norm(x, self.eps) * (1 + s1) + b1
-        x = x + self.sa(h.astype(dtype), cos_sin, mask, dtype, kv_cache).astype(jnp.float32) * g1 * keep1
+        x = x + self.sa(h.astype(dtype), cos_sin, offsets, dtype, kv_cache).astype(jnp.float32) * g1 * keep1
         h = layer_norm(x, self.eps) * self.ca_norm_scale[...] + self.ca_norm_bias[...]
         x = x + self.ca(h.astype(dtype), ca_kv, text_mask, dtype).astype(jnp.float32)
         h = layer_norm(x, self.eps) * (1 + s2) + b2
         x = x + self.ffn(h.astype(dtype), dtype).astype(jnp.float32) * g2 * keep2
-        return x
-
-
-def block_causal_mask(scales: Sequence[Sequence[int]]) -> np.ndarray:
-    """(L, L) bool: a token of scale i sees every token of scales <= i."""
-    ids = np.concatenate([np.full(s[-2] * s[-1], i) for i, s in enumerate(scales)])
-    return ids[:, None] >= ids[None, :]
+        return constrain(x, ("act_batch", "act_len", "act_embed"))
 
 
 def scale_ids(scales: Sequence[Sequence[int]]) -> np.ndarray:
@@ -293,7 +299,7 @@ class Infinity(nnx.Module):
         hn = layer_norm(h, self.cfg.norm_eps) * (1 + scale[:, :, 0]) + shift[:, :, 0]
         return self.head(hn), hn
 
-    def run_blocks(self, x, tc: TextCondition, cos_sin, mask, *, collect: bool = False, rng=None,
+    def run_blocks(self, x, tc: TextCondition, cos_sin, offsets, *, collect: bool = False, rng=None,
                    deterministic: bool = True):
         """Apply all blocks. Returns (x, [per-block outputs] if collect)."""
         cfg = self.cfg
@@ -317,22 +323,23 @@ class Infinity(nnx.Module):
             def body(carry, inp):
                 st, i, key = inp
                 blk = nnx.merge(graphdef, st)
-                out = blk(carry, tc.ada, tc.ca_kv, tc.text_mask, cos_sin, mask, dtype=dtype,
+                out = blk(carry, tc.ada, tc.ca_kv, tc.text_mask, cos_sin, offsets, dtype=dtype,
                           drop_path=keep(i, key) if use_dp else None)
                 return out, (out if collect else None)
 
             if cfg.remat:
-                body = jax.checkpoint(body, prevent_cse=False)
+                body = jax.checkpoint(body, prevent_cse=False, policy=remat_policy(cfg.remat_policy))
             xs = (state, jnp.arange(cfg.depth), keys if use_dp else jnp.zeros((cfg.depth, 2), jnp.uint32))
             x, outs = jax.lax.scan(body, x, xs)
             return x, ([outs[i] for i in range(cfg.depth)] if collect else [])
         outs = []
         for i, blk in enumerate(self.blocks):
-            fn = (lambda b, *a, **k: b(*a, **k))
+            def fn(b, h, dp):
+                return b(h, tc.ada, tc.ca_kv, tc.text_mask, cos_sin, offsets, dtype=dtype, drop_path=dp)
+
             if cfg.remat:
-                fn = nnx.remat(fn)
-            x = fn(blk, x, tc.ada, tc.ca_kv, tc.text_mask, cos_sin, mask, dtype=dtype,
-                   drop_path=keep(i, keys[i]) if use_dp else None)
+                fn = nnx.remat(fn, prevent_cse=False, policy=remat_policy(cfg.remat_policy))
+            x = fn(blk, x, keep(i, keys[i]) if use_dp else None)
             if collect:
                 outs.append(x)
         return x, outs
@@ -373,8 +380,7 @@ class Infinity(nnx.Module):
         x = jnp.concatenate([self.start_tokens(tc.cond), word], axis=1)
         x = x + self.lvl_embed[...][jnp.asarray(scale_ids(scales))][None]
         cos_sin = jnp.asarray(rope_cos_sin(cfg.head_dim, scales))
-        mask = jnp.asarray(block_causal_mask(scales))[None, None]
-        x, outs = self.run_blocks(x, tc, cos_sin, mask, collect=return_intermediates, rng=block_rng,
+        x, outs = self.run_blocks(x, tc, cos_sin, tuple(scale_offsets(scales)), collect=return_intermediates, rng=block_rng,
                                   deterministic=deterministic)
         logits, hn = self.logits(x, tc.cond)
         if not return_intermediates:

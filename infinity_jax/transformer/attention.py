@@ -1,0 +1,242 @@
+"""Softmax attention for Infinity, with one entry point per pattern and several backends.
+
+Patterns (q (B,Lq,H,hd), k/v (B,Lk,H,hd); q already carries its scale, e.g. the cosine
+temperature, unless ``scale`` is given):
+
+* :func:`block_causal_attention`: training-time self-attention over a whole schedule. The
+  block-causal mask is a prefix structure -- the tokens of scale i see exactly the keys
+  ``[0, offsets[i+1])`` -- so every backend but ``reference`` runs it without a mask and without
+  (L, L) logits.
+* :func:`prefix_attention`: queries that see every key given (the KV-cache sampler: the tokens of
+  one scale against the cache prefix), with an optional key padding mask (B, Lk) (cross-attention
+  to a padded caption).
+
+Backends (``InfinityConfig.attention_impl``):
+
+=============  =========================================================================
+``reference``  dense (B,H,Lq,Lk) fp32 logits with an explicit mask; kept for parity.
+``xla``        per scale, queries in chunks of ``q_chunk`` against their visible prefix;
+               a scale split into several chunks recomputes each chunk's logits in the
+               backward pass (``jax.checkpoint``), so at most one chunk's logits live.
+               Memory O(q_chunk x L) per head instead of O(L^2). Any backend.
+``dot_product`` ``jax.nn.dot_product_attention`` per scale: cuDNN flash attention on GPU for
+               16-bit inputs, XLA otherwise.
+``splash``     the Pallas TPU splash-attention kernel with the block-causal mask computed
+               inside the kernel (no mask array); on other backends it runs in Pallas
+               interpret mode (slow; for tests).
+``auto``       ``splash`` on TPU, ``dot_product`` on GPU, ``xla`` on CPU.
+=============  =========================================================================
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+from infinity_jax.sharding import logical_to_spec
+from infinity_jax.transformer.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
+
+#: Implementations that run on a CPU (``splash`` in Pallas interpret mode).
+CPU_IMPLEMENTATIONS = ("reference", "xla", "dot_product", "splash")
+#: Default number of queries per chunk of the ``xla`` backend.
+DEFAULT_Q_CHUNK = 1024
+_NEG = -1e30
+
+
+def resolve(impl: str, backend: str | None = None) -> str:
+    """The concrete backend for ``impl`` (``auto`` picks by ``jax.default_backend()``)."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {impl!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
+    if impl != "auto":
+        return impl
+    backend = backend or jax.default_backend()
+    return {"tpu": "splash", "gpu": "dot_product", "cuda": "dot_product", "rocm": "dot_product"}.get(backend, "xla")
+
+
+# ----------------------------------------------------------------------------- reference
+def reference_attention(q, k, v, mask=None, scale=1.0):
+    """Dense softmax attention. q (B,Lq,H,hd), k/v (B,Lk,H,hd); mask (B|1, 1|H, Lq|1, Lk) bool.
+
+    Rows with no visible key give zeros, never NaN.
+    """
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32)) * scale
+    if mask is not None:
+        logits = jnp.where(mask, logits, _NEG)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if mask is not None:
+        probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+
+
+def block_causal_mask(offsets: Sequence[int]) -> np.ndarray:
+    """(L, L) bool: a token of scale i sees every token of scales <= i (``offsets`` = scale starts + L)."""
+    ends = scale_ends(offsets)
+    return np.arange(offsets[-1])[None, :] < ends[:, None]
+
+
+def scale_ends(offsets: Sequence[int]) -> np.ndarray:
+    """(L,) int: for every token, the end of its scale (= how many keys it sees)."""
+    return np.concatenate([np.full(b - a, b, np.int64) for a, b in zip(offsets[:-1], offsets[1:])])
+
+
+# ----------------------------------------------------------------------------- xla
+def _dense(q, k, v, key_mask, scale):
+    """q (B,n,H,hd), k/v (B,m,H,hd), key_mask (B,m) bool or None -> (B,n,H,hd) in v.dtype."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
+    if scale != 1.0:
+        logits = logits * scale
+    if key_mask is not None:
+        m = key_mask[:, None, None, :]
+        logits = jnp.where(m, logits, _NEG)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if key_mask is not None:
+        probs = jnp.where(jnp.any(key_mask, axis=-1)[:, None, None, None], probs, 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+
+
+def _chunked(q, k, v, key_mask, scale, q_chunk):
+    """Queries in chunks of at most ``q_chunk`` rows; each chunk rematerialised when there are several."""
+    n = q.shape[1]
+    if n <= q_chunk:
+        return _dense(q, k, v, key_mask, scale)
+    fn = jax.checkpoint(functools.partial(_dense, scale=scale), prevent_cse=False)
+    outs = [fn(q[:, a:a + q_chunk], k, v, key_mask) for a in range(0, n, q_chunk)]
+    return jnp.concatenate(outs, axis=1)
+
+
+# ----------------------------------------------------------------------------- dot_product
+def _dot_product(q, k, v, key_mask, scale):
+    """``jax.nn.dot_product_attention``: cuDNN on GPU for 16-bit inputs, else XLA."""
+    on_gpu = jax.default_backend() in ("gpu", "cuda", "rocm")
+    half = v.dtype in (jnp.bfloat16, jnp.float16)
+    impl = "cudnn" if (on_gpu and half and q.shape[-1] <= 128) else "xla"
+    dt = v.dtype if impl == "cudnn" else jnp.float32
+    lengths = None
+    mask = None
+    if key_mask is not None:
+        if impl == "cudnn":
+            lengths = jnp.sum(key_mask, axis=-1).astype(jnp.int32)  # captions are padded at the end
+        else:
+            mask = key_mask[:, None, None, :]
+    out = jax.nn.dot_product_attention(q.astype(dt), k.astype(dt), v.astype(dt), mask=mask, scale=scale,
+                                       key_value_seq_lengths=lengths, implementation=impl)
+    if key_mask is not None:
+        out = jnp.where(jnp.any(key_mask, axis=-1)[:, None, None, None], out, 0.0)
+    return out.astype(v.dtype)
+
+
+# ----------------------------------------------------------------------------- splash
+def _splash_mask_function(offsets: tuple[int, ...]):
+    """In-kernel block-causal mask: key j is visible to query i iff j < end(scale of i).
+
+    Padded queries (i >= L) see every real key; padded keys (j >= L) are never visible.
+    """
+    starts, sizes = offsets[1:-1], [b - a for a, b in zip(offsets[1:-1], offsets[2:])]
+
+    def visible(q_ids, kv_ids):
+        end = offsets[1] + 0 * q_ids
+        for s, n in zip(starts, sizes):
+            end = end + (q_ids >= s) * n
+        return kv_ids < end
+
+    return visible
+
+
+@functools.lru_cache(maxsize=32)
+def _splash_kernel(offsets: tuple[int, ...], padded: int, heads: int, interpret: bool, block: int):
+    class BlockCausalMask(sm._ComputableMask):  # noqa: SLF001 - the documented way to add a lazy mask
+        def __init__(self):
+            super().__init__(shape=(padded, padded), mask_function=_splash_mask_function(offsets))
+
+        def __eq__(self, other):
+            return isinstance(other, BlockCausalMask) and other.shape == self.shape
+
+        def __hash__(self):
+            return hash((BlockCausalMask, self.shape, offsets))
+
+    mask = sm.MultiHeadMask([BlockCausalMask() for _ in range(heads)])
+    sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                          block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    with jax.ensure_compile_time_eval():  # concrete mask tables, safe to cache across traces
+        return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def _splash_block_causal(q, k, v, offsets: tuple[int, ...], block: int = 128):
+    """Splash attention over the padded sequence; q/k/v (B,L,H,hd) -> (B,L,H,hd)."""
+    B, L, H, hd = q.shape
+    padded = -(-L // block) * block
+    interpret = jax.default_backend() != "tpu"
+    dt = v.dtype
+
+    def run(qb, kb, vb):
+        h = qb.shape[2]
+        kernel = _splash_kernel(offsets, padded, h, interpret, block)
+        pad = lambda t: jnp.pad(t, ((0, 0), (0, padded - L), (0, 0), (0, 0))).transpose(0, 2, 1, 3).astype(dt)
+        out = jax.vmap(kernel)(pad(qb), pad(kb), pad(vb))
+        return out.transpose(0, 2, 1, 3)[:, :L]
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or mesh.size <= 1:
+        return run(q, k, v)
+    spec = _batch_head_spec(mesh, B, H)
+    return jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+
+
+def _batch_head_spec(mesh, B: int, H: int):
+    """(batch, len, heads, hd) activation spec whose axes divide B and H (else that dim replicated)."""
+    spec = list(logical_to_spec(("act_batch", "act_len", "act_heads", "act_kv"), mesh=mesh))
+    spec += [None] * (4 - len(spec))
+    for dim, size in ((0, B), (2, H)):
+        axes = spec[dim]
+        if axes is None:
+            continue
+        n = int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
+        if size % n:
+            spec[dim] = None
+    return jax.sharding.PartitionSpec(*spec)
+
+
+# ----------------------------------------------------------------------------- entry points
+def block_causal_attention(q, k, v, offsets: Sequence[int], *, impl: str = "xla",
+                           q_chunk: int = DEFAULT_Q_CHUNK) -> jax.Array:
+    """Self-attention over a whole schedule: scale i's queries see keys [0, offsets[i+1]).
+
+    q, k, v: (B,L,H,hd) with L = offsets[-1] (q pre-scaled). Returns (B,L,H,hd) in v.dtype.
+    """
+    impl = resolve(impl)
+    offsets = tuple(int(o) for o in offsets)
+    if q.shape[1] != offsets[-1]:
+        raise ValueError(f"sequence of {q.shape[1]} tokens; the schedule has {offsets[-1]}")
+    if impl == "reference":
+        return reference_attention(q, k, v, jnp.asarray(block_causal_mask(offsets))[None, None])
+    if impl == "splash":
+        return _splash_block_causal(q, k, v, offsets)
+    outs = []
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        qs, ks, vs = q[:, a:b], k[:, :b], v[:, :b]
+        if impl == "dot_product":
+            outs.append(_dot_product(qs, ks, vs, None, 1.0))
+        else:
+            outs.append(_chunked(qs, ks, vs, None, 1.0, q_chunk))
+    return jnp.concatenate(outs, axis=1)
+
+
+def prefix_attention(q, k, v, key_mask=None, *, scale: float = 1.0, impl: str = "xla",
+                     q_chunk: int = DEFAULT_Q_CHUNK) -> jax.Array:
+    """Every query sees every key (subject to ``key_mask`` (B,Lk) bool). Returns (B,Lq,H,hd).
+
+    Serves the KV-cache sampler (one scale against the cache prefix) and cross-attention to a
+    padded caption. ``splash`` has no kernel for this pattern and uses ``xla``.
+    """
+    impl = resolve(impl)
+    if impl == "reference":
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        return reference_attention(q, k, v, mask, scale)
+    if impl == "dot_product":
+        return _dot_product(q, k, v, key_mask, scale)
+    return _chunked(q, k, v, key_mask, scale, q_chunk)
