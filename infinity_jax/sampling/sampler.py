@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from infinity_jax.schedules import scale_offsets, tokenizer_schedule
-from infinity_jax.tokenizer.patchify import patchify, unpatchify
+from infinity_jax.tokenizer.packing import patchify, unpatchify
 from infinity_jax.tokenizer.quantizer import bits_to_codes
 from infinity_jax.tokenizer.resample import bilinear_resize
 from infinity_jax.transformer.model import Infinity, TextCondition

@@ -37,7 +37,7 @@ from flax import nnx
 from infinity_jax import schedules as _schedules
 from infinity_jax.sharding import param
 from infinity_jax.tokenizer import quantizer as _q
-from infinity_jax.tokenizer.patchify import patchify, unpatchify
+from infinity_jax.tokenizer.packing import patchify, unpatchify
 from infinity_jax.tokenizer.resample import area_resize, bilinear_resize
 
 #: Codebook sizes (bits per VAE token) that the official loaders accept (load.py and run_infinity.py).

@@ -13,7 +13,7 @@ So the input of scale k+1 carries the corrupted codes of scales <= k, and later 
 back towards the true latent: the model learns to correct its own earlier mistakes.
 With spatial patchify (8B) the VAE grid is twice the token grid and 2x2 tokenizer tokens are
 packed per transformer token (channel c*4 + 2i + j): ``schedules.tokenizer_schedule`` and
-``tokenizer.patchify``.
+``tokenizer.packing.patchify``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from infinity_jax.schedules import tokenizer_schedule
-from infinity_jax.tokenizer.patchify import patchify as pack
+from infinity_jax.tokenizer.packing import patchify as pack
 from infinity_jax.tokenizer.quantizer import bits_to_codes, bsq
 from infinity_jax.tokenizer.resample import area_resize, bilinear_resize
 

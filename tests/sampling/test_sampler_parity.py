@@ -8,7 +8,7 @@ import pytest
 
 from helpers import fixture, schedule, transformer
 from infinity_jax.sampling.sampler import Sampler, SamplingConfig
-from infinity_jax.tokenizer.patchify import patchify
+from infinity_jax.tokenizer.packing import patchify
 
 TIE = 1e-5  # logit margins below this may legitimately round either way
 

@@ -6,7 +6,7 @@ import numpy as np
 from helpers import fixture, schedule
 from infinity_jax.tokenizer.quantizer import bits_to_codes
 from infinity_jax.tokenizer.resample import bilinear_resize
-from infinity_jax.tokenizer.patchify import patchify
+from infinity_jax.tokenizer.packing import patchify
 from infinity_jax.transformer.self_correction import flip_requant
 
 SCALES = [(1, 1, 1), (1, 2, 2), (1, 4, 4), (1, 6, 6), (1, 8, 8), (1, 12, 12), (1, 16, 16)]
