@@ -8,7 +8,8 @@ r"""The embedded default: text-to-image on a laptop CPU, trained from nothing (`
 Sections:
   tokenizer  a ``configs/tokenizer.py`` config (shapes preset): BSQ-VAE, 32x32 images, patch 2
              (16x16 latent), d=16, trained with the BSQ losses by ``infinity_jax.training.tokenizer_trainer``
-             on the latent grids ``vae_schedule`` (2x2 .. 16x16);
+             on the tokenizer grids of the transformer schedule (``schedules.tokenizer_schedule``:
+             2x2 .. 16x16);
   text       SentencePiece on the training captions and a tiny T5 encoder (with learned absolute
              positions) trained on them by masked-token denoising, then frozen (no pretrained weights);
   infinity   a ``configs/infinity.py`` config for ``infinity_jax.training.trainer.Trainer``: a tiny
@@ -23,6 +24,8 @@ import importlib.util
 import pathlib
 
 import ml_collections
+
+from infinity_jax.schedules import tokenizer_schedule
 
 _HERE = pathlib.Path(__file__).resolve().parent
 
@@ -51,7 +54,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # the finest scale learns far better: with the true coarse scales replayed, the model's own finest
     # scale scores 0.61 (packed) vs 0.17 (unpacked) on the held-out prompts (eval.prefix_replay).
     c.schedule = ((1, 1), (2, 2), (4, 4), (8, 8))
-    c.vae_schedule = tuple((2 * h, 2 * w) for h, w in c.schedule)
+    c.apply_spatial_patchify = True
 
     # The shapes stream, as the demo draws it (infinity_jax.data.shapes layout styles). Infinity samples
     # every bit of a scale independently, so whatever a caption leaves open (where the objects go,
@@ -66,7 +69,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     # ------------------------------------------------------------------ tokenizer (BSQ-VAE)
     t = tok_cfg.get_config("preset=shapes")
-    t.schedule = c.vae_schedule
+    t.schedule = tuple((h, w) for _, h, w in tokenizer_schedule(c.schedule, c.apply_spatial_patchify))
     t.data.factory_kwargs.update(style=c.data.tokenizer_style, backgrounds=c.data.backgrounds)
     t.eval.factory_kwargs.update(style=c.data.tokenizer_style, backgrounds=c.data.backgrounds)
     c.tokenizer = t
@@ -97,7 +100,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # text_maxlen 32: prompts are padded to a multiple of 32 tokens at inference (TextEncoder buckets)
     i.model.update(depth=4, embed_dim=128, num_heads=2, block_chunks=1, codebook_dim=16, text_channels=64,
                    text_maxlen=32, num_levels=len(c.schedule), scan_blocks=False, remat=False, dtype="float32",
-                   cond_drop_rate=0.1, drop_path_rate=0.0, apply_spatial_patchify=True)
+                   cond_drop_rate=0.1, drop_path_rate=0.0, apply_spatial_patchify=c.apply_spatial_patchify)
     i.tokenizer.update(checkpoint="", codebook_dim=16, patch_size=t.model.patch_size, base_ch=t.model.base_ch,
                        ch_mult=t.model.ch_mult, num_res_blocks=t.model.num_res_blocks, in_step=True)
     i.text.update(source="t5", t5_path="", max_len=16, short_caption_prob=0.0)

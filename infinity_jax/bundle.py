@@ -111,7 +111,9 @@ def save(directory: str | os.PathLike, transformer, tokenizer, *, text_encoder_f
     cfg = {
         "format": FORMAT,
         "transformer": dataclasses.asdict(transformer.cfg),
-        "tokenizer": dataclasses.asdict(tokenizer.config),
+        # the token layout is the transformer's (see load)
+        "tokenizer": {**dataclasses.asdict(tokenizer.config),
+                      "apply_spatial_patchify": transformer.cfg.apply_spatial_patchify},
         "text_encoder": text_name,
         "sampling": sampling or {},
         **(extra or {}),
@@ -147,7 +149,11 @@ def load(directory: str | os.PathLike, *, dtype: str | None = None, mesh=None):
         tcfg = InfinityConfig(**cfg["transformer"])
         if dtype is not None:
             tcfg = tcfg.replace(dtype=dtype)
-        vcfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["tokenizer"].items()})
+        tok = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["tokenizer"].items()}
+        # the token layout belongs to the transformer (the official code gives it the flag; a
+        # tokenizer trained on its own does not know it): the tokenizer follows it
+        tok["apply_spatial_patchify"] = tcfg.apply_spatial_patchify
+        vcfg = VAEConfig(**tok)
     except (TypeError, ValueError, KeyError) as e:
         raise BundleError(f"{directory / CONFIG_NAME}: bad config: {e}") from e
     transformer = nnx.eval_shape(lambda: Infinity(tcfg, rngs=nnx.Rngs(0)))

@@ -69,9 +69,10 @@ def convert(*, transformer_path, vae_path, out, size=None, official_config=None,
     else:
         raw = json.loads(pathlib.Path(official_config).read_text())
         conf = raw.get("config", raw)
-        tcfg = InfinityConfig.from_official(conf.get("infinity", conf))
+        # both read apply_spatial_patchify wherever the configuration states it (schedules.official_patchify)
+        tcfg = InfinityConfig.from_official(conf)
         if "vae" in conf:
-            vae_cfg = VAEConfig.from_official(conf["vae"])
+            vae_cfg = VAEConfig.from_official(conf)
     tcfg = tcfg.replace(scan_blocks=True, dtype="float32")
     t0 = time.perf_counter()
     log(f"reading transformer weights {transformer_path}")

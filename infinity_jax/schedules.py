@@ -12,12 +12,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 #: Spatial stride of the tokenizer for the transformer's token grid.
 VAE_STRIDE = 16
+
+#: Tokenizer tokens per transformer token along each axis with spatial patchify (the official 8B).
+PATCHIFY_FACTOR = 2
 
 # Base table: h/w ratio >= 1 -> 13 (h, w) latent grids.
 _BASE_RATIO_TO_HWS: dict[float, list[tuple[int, int]]] = {
@@ -179,6 +182,45 @@ def normalize_schedule(scales: Sequence[Sequence[int]]) -> Schedule:
             raise ScheduleError(f"bad scale {s!r} in schedule")
         out.append((1, s[1], s[2]))
     return tuple(out)
+
+
+def tokenizer_schedule(scales: Sequence[Sequence[int]], patchify: bool) -> Schedule:
+    """The tokenizer's grids for a transformer schedule: ``(1, 2h, 2w)`` with spatial patchify, else ``(1, h, w)``.
+
+    With spatial patchify (the official 8B) a transformer token packs a 2x2 block of tokenizer
+    tokens, so the tokenizer grid is twice the transformer grid at every scale.
+    """
+    f = PATCHIFY_FACTOR if patchify else 1
+    return tuple((1, f * h, f * w) for _, h, w in normalize_schedule(getattr(scales, "scales", scales)))
+
+
+def transformer_schedule(scales: Sequence[Sequence[int]], patchify: bool) -> Schedule:
+    """Inverse of :func:`tokenizer_schedule`: the transformer's grids for tokenizer grids."""
+    scales = normalize_schedule(getattr(scales, "scales", scales))
+    if not patchify:
+        return scales
+    f = PATCHIFY_FACTOR
+    odd = [s[1:] for s in scales if s[1] % f or s[2] % f]
+    if odd:
+        raise ScheduleError(f"spatial patchify needs tokenizer grids divisible by {f}; got {odd}")
+    return tuple((1, h // f, w // f) for _, h, w in scales)
+
+
+def official_patchify(config: Mapping[str, Any]) -> bool:
+    """``apply_spatial_patchify`` of an official configuration, wherever it states it.
+
+    ``config`` is a fixture manifest, its ``config``, an official constructor-argument dict or one
+    of its sections: the flag is read from the top level, the ``infinity`` (transformer) section or
+    the ``vae`` section. Sections that state it must agree.
+    """
+    config = config.get("config", config) if isinstance(config.get("config"), Mapping) else config
+    found = {}
+    for where, section in (("top level", config), ("infinity", config.get("infinity")), ("vae", config.get("vae"))):
+        if isinstance(section, Mapping) and section.get("apply_spatial_patchify") is not None:
+            found[where] = bool(int(section["apply_spatial_patchify"]))
+    if len(set(found.values())) > 1:
+        raise ValueError(f"the configuration states apply_spatial_patchify differently: {found}")
+    return next(iter(found.values()), False)
 
 
 def scale_offsets(scales: Sequence[Sequence[int]]) -> list[int]:

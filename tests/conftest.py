@@ -30,7 +30,23 @@ def _fixture(name: str) -> pathlib.Path:
     return path
 
 
+#: The reference fixtures of the official code: the 2B-style layout and the 8B's spatial patchify.
+OFFICIAL_FIXTURES = ("official-tiny", "official-patchify")
+
+
 @pytest.fixture(scope="session")
 def official_tiny() -> pathlib.Path:
     """Folder of the official-tiny reference fixture."""
     return _fixture("official-tiny")
+
+
+@pytest.fixture(scope="session")
+def official_patchify() -> pathlib.Path:
+    """Folder of the official-patchify reference fixture (the official 8B's token layout)."""
+    return _fixture("official-patchify")
+
+
+@pytest.fixture(scope="session", params=OFFICIAL_FIXTURES)
+def official(request) -> pathlib.Path:
+    """Each reference fixture in turn (parity tests run on both layouts)."""
+    return _fixture(request.param)

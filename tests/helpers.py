@@ -1,4 +1,4 @@
-"""Shared test helpers: loading the official-tiny fixture into the project's models."""
+"""Shared test helpers: loading the official reference fixtures into the project's models."""
 from __future__ import annotations
 
 import functools
@@ -24,10 +24,26 @@ def transformer(folder: str, scan: bool = False):
     from infinity_jax.transformer.convert import load
 
     manifest, _, _ = fixture(folder)
-    cfg = InfinityConfig.from_official(manifest["config"]["infinity"], scan_blocks=scan)
+    cfg = InfinityConfig.from_official(manifest, scan_blocks=scan)
     return load(str(pathlib.Path(folder) / "weights_infinity.npz"), cfg)
 
 
 def schedule(folder: str):
+    """The transformer's scale schedule of a fixture."""
     manifest, _, _ = fixture(folder)
     return [tuple(s) for s in manifest["config"]["scale_schedule"]]
+
+
+def patchify_flag(folder: str) -> bool:
+    """Whether the fixture uses spatial patchify (tokenizer grid = 2 x transformer grid)."""
+    from infinity_jax.schedules import official_patchify
+
+    manifest, _, _ = fixture(folder)
+    return official_patchify(manifest)
+
+
+def tokenizer_schedule(folder: str):
+    """The tokenizer's grids of a fixture's schedule."""
+    from infinity_jax import schedules
+
+    return schedules.tokenizer_schedule(schedule(folder), patchify_flag(folder))

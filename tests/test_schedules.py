@@ -127,3 +127,24 @@ def test_helpers():
     assert S.rope_grid_for(sched) == (64, 64)
     assert S.rope_grid_for(S.get_schedule(0.5, "0.25M").scales) == (45, 90)
     assert S.rope_grid_for([(1, 1, 1), (1, 3, 5)]) == (3, 5)
+
+
+def test_tokenizer_schedule_and_inverse():
+    """Spatial patchify: the tokenizer grid is twice the transformer grid at every scale."""
+    sched = S.get_schedule(1.0, "0.06M")
+    doubled = S.tokenizer_schedule(sched, True)
+    assert doubled[0] == (1, 2, 2) and doubled[-1] == (1, 32, 32) and len(doubled) == 7
+    assert S.tokenizer_schedule(sched, False) == sched.scales
+    assert S.transformer_schedule(doubled, True) == sched.scales
+    assert S.transformer_schedule([(3, 4)], False) == ((1, 3, 4),)
+    with pytest.raises(S.ScheduleError, match="divisible by 2"):
+        S.transformer_schedule([(2, 2), (3, 4)], True)
+
+
+def test_official_patchify_reads_every_section():
+    assert S.official_patchify({"infinity": {"apply_spatial_patchify": 1}, "vae": {"patch_size": 8}})
+    assert S.official_patchify({"config": {"vae": {"apply_spatial_patchify": True}}})
+    assert S.official_patchify({"apply_spatial_patchify": 1, "depth": 2})
+    assert not S.official_patchify({"infinity": {"depth": 2}, "vae": {}})
+    with pytest.raises(ValueError, match="differently"):
+        S.official_patchify({"infinity": {"apply_spatial_patchify": 1}, "vae": {"apply_spatial_patchify": 0}})

@@ -38,14 +38,14 @@ def prefix_replay_scores(pipe, prompts: Sequence[str], specs: Sequence[dict], im
     import jax.numpy as jnp  # noqa: PLC0415
 
     from infinity_jax.sampling.pipeline import to_uint8  # noqa: PLC0415
-    from infinity_jax.transformer.self_correction import vae_schedule  # noqa: PLC0415
+    from infinity_jax.schedules import tokenizer_schedule  # noqa: PLC0415
 
     if not (len(prompts) == len(specs) == len(images)):
         raise ValueError(f"{len(prompts)} prompts, {len(specs)} specs and {len(images)} images: need one of each")
     sched = pipe.schedule_for(1.0)
     K = len(sched)
     settings = pipe.sampling_config(cfg=cfg, tau=tau)
-    grids = vae_schedule(sched, pipe.transformer.cfg.apply_spatial_patchify)
+    grids = tokenizer_schedule(sched, pipe.transformer.cfg.apply_spatial_patchify)
     gen = [[] for _ in range(K + 1)]
     for st in range(0, len(prompts), batch):
         sl = slice(st, st + batch)

@@ -26,12 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infinity_jax.schedules import scale_offsets
+from infinity_jax.schedules import scale_offsets, tokenizer_schedule
+from infinity_jax.tokenizer.packing import patchify, unpatchify
 from infinity_jax.tokenizer.quantizer import bits_to_codes
 from infinity_jax.tokenizer.resample import bilinear_resize
 from infinity_jax.transformer.model import Infinity, TextCondition
 from infinity_jax.transformer.rope import rope_cos_sin
-from infinity_jax.transformer.self_correction import pixel_shuffle, pixel_unshuffle, vae_schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +137,7 @@ class Sampler:
         offs = scale_offsets(scales)
         off, n = offs[k], offs[k + 1] - offs[k]
         K = len(scales)
-        vs = vae_schedule(scales, mcfg.apply_spatial_patchify)
+        vs = tokenizer_schedule(scales, mcfg.apply_spatial_patchify)
         H, W = vs[-1][1:]
         _, h, w = scales[k]
         cos_sin_all = rope_cos_sin(mcfg.head_dim, scales)
@@ -174,14 +174,14 @@ class Sampler:
             top_k, top_p, greedy = rule
             bits = sample_bits(guided, step_keys, top_k=top_k, top_p=top_p, greedy=greedy).reshape(B, h, w, -1)
             if mcfg.apply_spatial_patchify:
-                bits = pixel_shuffle(bits)
+                bits = unpatchify(bits)
             bits = jnp.where(replay, replay_bits, bits)
             codes = bits_to_codes(bits)
             if k != K - 1:
                 summed = summed + bilinear_resize(codes, (H, W))
                 nxt = bilinear_resize(summed, vs[k + 1][1:])
                 if mcfg.apply_spatial_patchify:
-                    nxt = pixel_unshuffle(nxt)
+                    nxt = patchify(nxt)
                 nxt = model.embed_scale_inputs(nxt.reshape(B, -1, nxt.shape[-1]))
                 if use_cfg:
                     nxt = jnp.concatenate([nxt, nxt], 0)
@@ -240,7 +240,7 @@ class Sampler:
         BB = 2 * B if use_cfg else B
         caches = tuple((jnp.zeros((BB, L, mcfg.num_heads, mcfg.head_dim), self.cache_dtype),
                         jnp.zeros((BB, L, mcfg.num_heads, mcfg.head_dim), self.cache_dtype)) for _ in range(mcfg.depth))
-        vs = vae_schedule(scales, mcfg.apply_spatial_patchify)
+        vs = tokenizer_schedule(scales, mcfg.apply_spatial_patchify)
         summed = jnp.zeros((B, vs[-1][1], vs[-1][2], mcfg.codebook_dim), jnp.float32)
         bits_out, logits_out, prev = [], [], [] if previews else None
         rule = (jnp.int32(settings.top_k), jnp.float32(settings.top_p), jnp.bool_(settings.greedy))

@@ -4,10 +4,12 @@ Public API (channels-last throughout; images NHWC in [-1, 1]):
 
 * :class:`VAEConfig`, :class:`BSQVAE` (alias :data:`Model`), :func:`load` -- the model.
 * :func:`jit_encode`, :func:`jit_decode`, :func:`jit_decode_bits` -- compiled entry points.
-* :func:`patchify` / :func:`unpatchify` -- 2x2 token packing of the 8B (spatial patchify) tokenizer.
+* :func:`patchify` / :func:`unpatchify` (:mod:`~infinity_jax.tokenizer.packing`) -- 2x2 token packing
+  of the 8B (spatial patchify) layout.
 * :mod:`~infinity_jax.tokenizer.quantizer` -- BSQ and the multi-scale residual quantizer.
 * :mod:`~infinity_jax.tokenizer.convert` -- official state_dict <-> NNX.
 """
+from infinity_jax.tokenizer.packing import patchify, unpatchify
 from infinity_jax.tokenizer.quantizer import (
     MultiScaleOutput,
     bits_to_codes,
@@ -30,8 +32,6 @@ from infinity_jax.tokenizer.vae import (
     jit_decode_bits,
     jit_encode,
     load,
-    patchify,
-    unpatchify,
 )
 from infinity_jax.tokenizer.convert import from_official, infer_config, to_official  # noqa: E402
 

@@ -37,6 +37,7 @@ from flax import nnx
 from infinity_jax import schedules as _schedules
 from infinity_jax.sharding import param
 from infinity_jax.tokenizer import quantizer as _q
+from infinity_jax.tokenizer.packing import patchify, unpatchify
 from infinity_jax.tokenizer.resample import area_resize, bilinear_resize
 
 #: Codebook sizes (bits per VAE token) that the official loaders accept (load.py and run_infinity.py).
@@ -105,12 +106,12 @@ class VAEConfig:
     @property
     def token_stride(self) -> int:
         """Pixels per transformer token along each axis (x2 with spatial patchify)."""
-        return self.patch_size * (2 if self.apply_spatial_patchify else 1)
+        return self.patch_size * (_schedules.PATCHIFY_FACTOR if self.apply_spatial_patchify else 1)
 
     @property
     def token_dim(self) -> int:
         """Bits per transformer token: d, or 4d with spatial patchify."""
-        return self.codebook_dim * (4 if self.apply_spatial_patchify else 1)
+        return self.codebook_dim * (_schedules.PATCHIFY_FACTOR ** 2 if self.apply_spatial_patchify else 1)
 
     @property
     def num_down(self) -> int:
@@ -131,10 +132,13 @@ class VAEConfig:
 
         Accepts the manifest itself or its ``config`` too. Keys: ``codebook_dim`` (or ``vae_type``),
         ``base_ch``, ``num_res_blocks``, ``patch_size``, ``ch_mult`` (or ``encoder_ch_mult`` /
-        ``decoder_ch_mult``), ``apply_spatial_patchify``; ``codebook_size``, ``z_interplote_up``
-        and ``z_interplote_down`` are checked against what this port implements.
+        ``decoder_ch_mult``); ``codebook_size``, ``z_interplote_up`` and ``z_interplote_down`` are
+        checked against what this port implements. ``apply_spatial_patchify`` is read by
+        :func:`~infinity_jax.schedules.official_patchify` wherever the configuration states it (the
+        official code passes it to the transformer, so a manifest has it in its ``infinity`` section).
         """
         cfg = dict(cfg)
+        patchify = _schedules.official_patchify(cfg)
         for key in ("config", "vae"):
             if isinstance(cfg.get(key), Mapping):
                 cfg = dict(cfg[key])
@@ -149,7 +153,6 @@ class VAEConfig:
         if up not in ("trilinear", "bilinear") or down != "area":
             raise ValueError(f"only z_interplote_up='trilinear' and z_interplote_down='area' are "
                              f"implemented, got up={up!r}, down={down!r}")
-        patchify = bool(cfg.get("apply_spatial_patchify", False))
         enc = cfg.get("ch_mult", cfg.get("encoder_ch_mult"))
         dec = cfg.get("decoder_ch_mult", enc)
         if enc is not None and dec is not None and tuple(enc) != tuple(dec):
@@ -169,13 +172,6 @@ class VAEConfig:
             kw["ch_mult"] = (1, 2, 4, 4)
         kw.update(overrides)
         return cls(**kw)
-
-    def vae_schedule(self, schedule) -> tuple[tuple[int, int, int], ...]:
-        """The VAE-grid schedule for a transformer schedule (doubled with spatial patchify)."""
-        scales = _schedules.normalize_schedule(getattr(schedule, "scales", schedule))
-        if self.apply_spatial_patchify:
-            return tuple((1, 2 * h, 2 * w) for _, h, w in scales)
-        return scales
 
 
 def _num_groups(channels: int) -> int:
@@ -415,33 +411,6 @@ class Decoder(nnx.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# patchify helpers
-
-
-def patchify(x: jax.Array) -> jax.Array:
-    """Pixel-unshuffle by 2: ``(B, 2h, 2w, C) -> (B, h, w, 4C)``, channel ``c*4 + 2i + j``.
-
-    Matches ``torch.nn.functional.pixel_unshuffle(x_nchw, 2)`` in channels-last form; works on
-    bits (int) and codes alike.
-    """
-    B, H, W, C = x.shape
-    if H % 2 or W % 2:
-        raise ValueError(f"patchify needs an even grid, got {H}x{W}")
-    x = x.reshape(B, H // 2, 2, W // 2, 2, C)
-    return x.transpose(0, 1, 3, 5, 2, 4).reshape(B, H // 2, W // 2, 4 * C)
-
-
-def unpatchify(x: jax.Array) -> jax.Array:
-    """Inverse of :func:`patchify`: ``(B, h, w, 4C) -> (B, 2h, 2w, C)``."""
-    B, h, w, C4 = x.shape
-    if C4 % 4:
-        raise ValueError(f"unpatchify needs a channel count divisible by 4, got {C4}")
-    C = C4 // 4
-    x = x.reshape(B, h, w, C, 2, 2)
-    return x.transpose(0, 1, 4, 2, 5, 3).reshape(B, 2 * h, 2 * w, C)
-
-
-# ----------------------------------------------------------------------------------------------
 # the model
 
 
@@ -484,7 +453,7 @@ class BSQVAE(nnx.Module):
         d = self.config.codebook_dim
         if z.ndim != 4:
             raise ValueError(f"{what} must be (B, h, w, {d}), got shape {z.shape}")
-        if z.shape[-1] == 4 * d and self.config.apply_spatial_patchify:
+        if self.config.apply_spatial_patchify and z.shape[-1] == self.config.token_dim:
             return unpatchify(z)
         if z.shape[-1] != d:
             hint = (" - this looks channels-first; transpose with .transpose(0, 2, 3, 1)"
@@ -511,8 +480,9 @@ class BSQVAE(nnx.Module):
         if latent_grid is not None:
             last = tuple(scales[-1][1:])
             if last != tuple(latent_grid):
-                if self.config.apply_spatial_patchify and (2 * last[0], 2 * last[1]) == tuple(latent_grid):
-                    return self.config.vae_schedule(scales)
+                doubled = _schedules.tokenizer_schedule(scales, self.config.apply_spatial_patchify)
+                if self.config.apply_spatial_patchify and tuple(doubled[-1][1:]) == tuple(latent_grid):
+                    return doubled
                 raise ValueError(f"the schedule's last grid {last} does not match the latent grid "
                                  f"{tuple(latent_grid)}")
         return scales
@@ -602,12 +572,16 @@ def default_schedule(latent_grid: tuple[int, int], config: VAEConfig | None = No
     """
     config = config or VAEConfig()
     h, w = (int(v) for v in latent_grid)
-    target = (h // 2, w // 2) if config.apply_spatial_patchify else (h, w)
+    patch = config.apply_spatial_patchify
+    try:
+        target = _schedules.transformer_schedule([(h, w)], patch)[0][1:]
+    except _schedules.ScheduleError:
+        target = None
     for template in _schedules.H_DIV_W_TEMPLATES:
         hws = _schedules.template_hws(template)
         for n in sorted(_schedules.PN_TO_NUM_SCALES.values()):
             if tuple(hws[n - 1]) == target:
-                return config.vae_schedule([(1,) + tuple(g) for g in hws[:n]])
+                return _schedules.tokenizer_schedule(hws[:n], patch)
     raise ValueError(f"no official scale schedule ends at the latent grid {h}x{w}; pass one explicitly")
 
 

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from infinity_jax.schedules import normalize_schedule
+from infinity_jax.schedules import normalize_schedule, official_patchify
 from infinity_jax.sharding import make_mesh
 from infinity_jax.state_dict import load_state_dict
 from infinity_jax.tokenizer.convert import from_official as vae_from_official
@@ -100,12 +100,11 @@ def train_step_inputs(folder: str | pathlib.Path) -> tuple[np.ndarray, np.ndarra
     conf = json.loads((folder / "manifest.json").read_text())["config"]
     sched = normalize_schedule(conf["scale_schedule"])
     if (folder / "weights_vae.npz").exists():
-        vcfg = VAEConfig.from_official(conf["vae"])
+        vcfg = VAEConfig.from_official(conf)
         vae = vae_from_official(load_state_dict(folder / "weights_vae.npz"), vcfg)
         image = jnp.asarray(np.load(folder / "inputs.npz")["image"].transpose(0, 2, 3, 1))
         feats = jax.jit(vae.encode_features)(image)
-        patchify = InfinityConfig.from_official(conf["infinity"]).apply_spatial_patchify
-        out = flip_requant(feats, sched, patchify=patchify)
+        out = flip_requant(feats, sched, patchify=official_patchify(conf))
         return np.asarray(out.x_BLC_wo_prefix), np.asarray(out.labels)
     g = np.load(folder / "golden_transformer.npz")
     return g["x_BLC_wo_prefix"], g["gt_BL_bits"]

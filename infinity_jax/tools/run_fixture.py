@@ -69,7 +69,7 @@ def run_fixture(folder: str | pathlib.Path, log=print, overrides: dict | None = 
     import jax.numpy as jnp  # noqa: PLC0415
 
     from infinity_jax.sampling.sampler import Sampler, SamplingConfig  # noqa: PLC0415
-    from infinity_jax.schedules import normalize_schedule  # noqa: PLC0415
+    from infinity_jax.schedules import normalize_schedule, official_patchify, tokenizer_schedule  # noqa: PLC0415
     from infinity_jax.state_dict import load_state_dict  # noqa: PLC0415
     from infinity_jax.tokenizer.convert import from_official as vae_from_official  # noqa: PLC0415
     from infinity_jax.tokenizer.vae import VAEConfig, jit_decode  # noqa: PLC0415
@@ -83,16 +83,17 @@ def run_fixture(folder: str | pathlib.Path, log=print, overrides: dict | None = 
     man = json.loads((folder / "manifest.json").read_text())
     conf = man["config"]
     inputs = dict(np.load(folder / "inputs.npz"))
-    sched = normalize_schedule(conf["scale_schedule"])
+    sched = normalize_schedule(conf["scale_schedule"])  # the transformer's grids
+    patch = official_patchify(conf)  # tokenizer grid = 2 x transformer grid when set
     out: dict[str, np.ndarray] = {}
     K = len(sched)
 
     vae = None
     if (folder / "weights_vae.npz").exists():
         t0 = time.perf_counter()
-        vcfg = VAEConfig.from_official(conf["vae"])
+        vcfg = VAEConfig.from_official(conf)
         vae = vae_from_official(load_state_dict(folder / "weights_vae.npz"), vcfg)
-        vs = vcfg.vae_schedule(sched)
+        vs = tokenizer_schedule(sched, patch)
         image = jnp.asarray(inputs["image"].transpose(0, 2, 3, 1))
         feats = jax.jit(vae.encode_features)(image)
         q = vae.quantize(feats, vs)
@@ -114,7 +115,7 @@ def run_fixture(folder: str | pathlib.Path, log=print, overrides: dict | None = 
 
     if (folder / "weights_infinity.npz").exists():
         t0 = time.perf_counter()
-        tcfg = InfinityConfig.from_official(conf["infinity"], **(overrides or {}))
+        tcfg = InfinityConfig.from_official(conf, **(overrides or {}))
         model = load_transformer(str(folder / "weights_infinity.npz"), tcfg)
         text, mask = text_inputs(inputs)
         text, mask = jnp.asarray(text), jnp.asarray(mask)
@@ -139,7 +140,7 @@ def run_fixture(folder: str | pathlib.Path, log=print, overrides: dict | None = 
         bsc = None
         if vae is not None:
             raw = jnp.asarray(out["raw_features"].transpose(0, 2, 3, 1))
-            bsc = flip_requant(raw, sched, patchify=tcfg.apply_spatial_patchify)
+            bsc = flip_requant(raw, sched, patchify=patch)
             forward(bsc.x_BLC_wo_prefix, bsc.labels, "")
         golden_t = folder / "golden_transformer.npz"
         if golden_t.exists():

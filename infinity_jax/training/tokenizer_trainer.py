@@ -60,7 +60,9 @@ def vae_config(config):
         raise TokenizerConfigError(f"bad tokenizer model config: {e}") from e
 
 
-def vae_schedule(config) -> tuple[tuple[int, int, int], ...]:
+def latent_schedule(config) -> tuple[tuple[int, int, int], ...]:
+    """The tokenizer's own latent grids ``config.schedule`` as ``(1, h, w)`` (for a transformer
+    schedule they are ``schedules.tokenizer_schedule(scales, patchify)``)."""
     from infinity_jax.schedules import normalize_schedule  # noqa: PLC0415
 
     if not config.schedule:
@@ -92,7 +94,7 @@ class TokenizerTrainer:
         self.config = c = config
         self.workdir = workdir
         self.vcfg = vae_config(c)
-        self.schedule = vae_schedule(c)
+        self.schedule = latent_schedule(c)
         grid = self.schedule[-1][1:]
         self.image_hw = (grid[0] * self.vcfg.patch_size, grid[1] * self.vcfg.patch_size)
         self.crop = int(c.get("crop", 0) or 0)
@@ -497,5 +499,5 @@ def format_line(step: int, m: dict) -> str:
     return " ".join(parts)
 
 
-__all__ = ["TokenizerTrainer", "TokenizerConfigError", "vae_config", "vae_schedule", "crop_schedule", "EXPORT_NAME",
+__all__ = ["TokenizerTrainer", "TokenizerConfigError", "vae_config", "latent_schedule", "crop_schedule", "EXPORT_NAME",
            "EXPORT_CONFIG"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from infinity_jax.schedules import PATCHIFY_FACTOR, official_patchify
+
 #: ``attention_impl`` values (the backends live in :mod:`infinity_jax.transformer.attention`).
 ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "xla", "dot_product", "splash")
 
@@ -63,7 +65,7 @@ class InfinityConfig:
     @property
     def token_bits(self) -> int:
         """Bits per transformer token: d, or 4d with spatial patchify."""
-        return self.codebook_dim * (4 if self.apply_spatial_patchify else 1)
+        return self.codebook_dim * (PATCHIFY_FACTOR ** 2 if self.apply_spatial_patchify else 1)
 
     @property
     def vocab(self) -> int:
@@ -98,7 +100,16 @@ class InfinityConfig:
 
     @classmethod
     def from_official(cls, d: Mapping[str, Any], codebook_dim: int | None = None, **overrides) -> "InfinityConfig":
-        """From the official ``Infinity(...)`` constructor arguments (e.g. a fixture manifest)."""
+        """From the official ``Infinity(...)`` constructor arguments.
+
+        ``d`` is those arguments, or a fixture manifest / its ``config`` (read from its ``infinity``
+        section); ``apply_spatial_patchify`` is read by :func:`~infinity_jax.schedules.official_patchify`.
+        """
+        d = dict(d)
+        patchify = official_patchify(d)
+        for key in ("config", "infinity"):
+            if isinstance(d.get(key), Mapping):
+                d = dict(d[key])
         for flag, want in (("use_bit_label", 1), ("shared_aln", True), ("head_aln", True), ("cos_attn", True),
                            ("rope2d_each_sa_layer", 1), ("rope2d_normalized_by_hw", 2),
                            ("add_lvl_embeding_only_first_block", 1), ("swiglu", False), ("rms_norm", False),
@@ -109,11 +120,11 @@ class InfinityConfig:
             raise ValueError("cross_attn_layer_scale >= 0 (learnable CA gamma) is not supported")
         V = d.get("V")
         if codebook_dim is None:
-            codebook_dim = V // 2 // (4 if d.get("apply_spatial_patchify") else 1) if V else 32
+            codebook_dim = V // 2 // (PATCHIFY_FACTOR ** 2 if patchify else 1) if V else 32
         kw = dict(
             depth=int(d["depth"]), embed_dim=int(d["embed_dim"]), num_heads=int(d["num_heads"]),
             mlp_ratio=float(d.get("mlp_ratio", 4.0)), codebook_dim=int(codebook_dim),
-            apply_spatial_patchify=bool(d.get("apply_spatial_patchify", 0)),
+            apply_spatial_patchify=patchify,
             text_channels=int(d.get("text_channels", 2048)), text_maxlen=int(d.get("text_maxlen", 512)),
             norm_eps=float(d.get("norm_eps", 1e-6)), block_chunks=int(d.get("block_chunks", 1) or 1),
             drop_path_rate=float(d.get("drop_path_rate", 0.0)), cond_drop_rate=float(d.get("cond_drop_rate", 0.0)),

@@ -159,6 +159,7 @@ def load_official(model: Infinity, state: Mapping[str, np.ndarray] | str, *, dty
         u = np.asarray(state["cfg_uncond"])
         n = cfg.text_maxlen
         state["cfg_uncond"] = u[:n] if u.shape[0] >= n else np.concatenate([u, np.zeros((n - u.shape[0], u.shape[1]), u.dtype)])
+    _check_token_layout(state, cfg)
     rows = _param_table(model)
     check_keys("transformer checkpoint", state, {k: _official_shape(kind, s) for _, _, k, kind, s in rows},
                ignore=[k for k in state if _BUFFER_RE.search(k)])
@@ -185,6 +186,19 @@ def load_official(model: Infinity, state: Mapping[str, np.ndarray] | str, *, dty
         arr = jax.make_array_from_callback(gshape, sharding, lambda idx, f=fetch: np.asarray(f(idx), np.float32))
         flat[path].set_value(arr.astype(dtype))
     return model
+
+
+def _check_token_layout(state: Mapping, cfg: InfinityConfig) -> None:
+    """Name the token layout when the checkpoint's head width says another one than the config's."""
+    head = state.get("head.weight")
+    if head is None or tuple(head.shape)[0] == cfg.vocab:
+        return
+    V = int(tuple(head.shape)[0])
+    raise CheckpointMismatchError(
+        f"transformer checkpoint (its head gives {V} logits per token, {V // 2} bits; the config {cfg.vocab}: "
+        f"codebook_dim {cfg.codebook_dim}, apply_spatial_patchify {cfg.apply_spatial_patchify}, which packs "
+        f"2x2 tokenizer tokens per token as the official 8B)",
+        mismatched=[("head.weight", tuple(head.shape), (cfg.vocab, cfg.embed_dim))])
 
 
 def export_official(model: Infinity) -> dict[str, np.ndarray]:

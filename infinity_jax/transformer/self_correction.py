@@ -12,7 +12,8 @@ For scales k = 0..K-1 with running code sum S (full latent grid, starts at 0)::
 So the input of scale k+1 carries the corrupted codes of scales <= k, and later labels point
 back towards the true latent: the model learns to correct its own earlier mistakes.
 With spatial patchify (8B) the VAE grid is twice the token grid and 2x2 tokenizer tokens are
-packed per transformer token (channel c*4 + 2i + j).
+packed per transformer token (channel c*4 + 2i + j): ``schedules.tokenizer_schedule`` and
+``tokenizer.packing.patchify``.
 """
 from __future__ import annotations
 
@@ -21,23 +22,10 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from infinity_jax.schedules import tokenizer_schedule
+from infinity_jax.tokenizer.packing import patchify as pack
 from infinity_jax.tokenizer.quantizer import bits_to_codes, bsq
 from infinity_jax.tokenizer.resample import area_resize, bilinear_resize
-
-
-def pixel_unshuffle(x: jax.Array, r: int = 2) -> jax.Array:
-    """(B, H, W, C) -> (B, H/r, W/r, C*r*r) with channel index c*r*r + i*r + j (PyTorch order)."""
-    B, H, W, C = x.shape
-    x = x.reshape(B, H // r, r, W // r, r, C).transpose(0, 1, 3, 5, 2, 4)
-    return x.reshape(B, H // r, W // r, C * r * r)
-
-
-def pixel_shuffle(x: jax.Array, r: int = 2) -> jax.Array:
-    """Inverse of :func:`pixel_unshuffle`: (B, h, w, C*r*r) -> (B, h*r, w*r, C)."""
-    B, h, w, Cr = x.shape
-    C = Cr // (r * r)
-    x = x.reshape(B, h, w, C, r, r).transpose(0, 1, 4, 2, 5, 3)
-    return x.reshape(B, h * r, w * r, C)
 
 
 class BSCOutput(NamedTuple):
@@ -52,19 +40,13 @@ class BSCOutput(NamedTuple):
     strengths: jax.Array
 
 
-def vae_schedule(scales: Sequence[Sequence[int]], patchify: bool) -> list[tuple[int, int, int]]:
-    """The tokenizer's grids for a transformer schedule (doubled with spatial patchify)."""
-    f = 2 if patchify else 1
-    return [(1, int(s[-2]) * f, int(s[-1]) * f) for s in scales]
-
-
 def flip_requant(features: jax.Array, scales: Sequence[Sequence[int]], key: jax.Array | None = None, *,
                  strength: float = 0.0, apply_layers: int = 100, requant: bool = True,
                  patchify: bool = False, strengths: Sequence[float] | jax.Array | None = None) -> BSCOutput:
     """Teacher-forcing inputs and labels from raw tokenizer features ``(B, H, W, d)``.
 
     Args:
-      features: encoder output on the VAE grid (last scale of ``vae_schedule``).
+      features: encoder output on the tokenizer grid (last scale of ``schedules.tokenizer_schedule``).
       scales: the transformer's schedule ((1,h,w), ...).
       key: PRNG key for the flips; None (or strength 0) means no flipping.
       strength: maximum flip probability (official training: 0.3; validation: 0.2).
@@ -73,7 +55,7 @@ def flip_requant(features: jax.Array, scales: Sequence[Sequence[int]], key: jax.
       requant: feed the flipped codes forward (official default); with False the clean codes are
         used and the flips are only recorded in ``used_bits``.
     """
-    vs = vae_schedule(scales, patchify)
+    vs = tokenizer_schedule(scales, patchify)
     B, H, W, d = features.shape
     if (vs[-1][1], vs[-1][2]) != (H, W):
         raise ValueError(f"features grid {(H, W)} does not match the schedule's last grid {vs[-1][1:]}")
@@ -111,8 +93,8 @@ def flip_requant(features: jax.Array, scales: Sequence[Sequence[int]], key: jax.
         if k < K - 1:
             nxt = bilinear_resize(S, vs[k + 1][1:])
             if patchify:
-                nxt = pixel_unshuffle(nxt)
+                nxt = pack(nxt)
             inputs.append(nxt.reshape(B, -1, nxt.shape[-1]))
-        lab = pixel_unshuffle(bits) if patchify else bits
+        lab = pack(bits) if patchify else bits
         labels.append(lab.reshape(B, -1, lab.shape[-1]))
     return BSCOutput(jnp.concatenate(inputs, axis=1), jnp.concatenate(labels, axis=1), clean, used, strengths)

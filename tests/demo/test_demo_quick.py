@@ -39,11 +39,11 @@ def _reconstruction_score(work, cfg) -> float:
 
     from infinity_jax.eval import shapes_eval as E
     from infinity_jax.sampling.pipeline import Pipeline, to_uint8
-    from infinity_jax.transformer.self_correction import vae_schedule
+    from infinity_jax.schedules import tokenizer_schedule
 
     pipe = Pipeline.from_checkpoint(work / "bundle")
     imgs, specs = E.render_heldout(cfg["image_size"], [0], cfg["data"]["style"], cfg["data"]["backgrounds"])
-    grids = vae_schedule(pipe.schedule_for(1.0), pipe.transformer.cfg.apply_spatial_patchify)
+    grids = tokenizer_schedule(pipe.schedule_for(1.0), pipe.transformer.cfg.apply_spatial_patchify)
     rec = pipe.tokenizer(jnp.asarray(imgs, jnp.float32) / 127.5 - 1, schedule=grids)
     return E.evaluate(to_uint8(rec), specs)["overall"]
 

@@ -22,26 +22,39 @@ def _run(*args, ok=True):
     return p
 
 
-@pytest.fixture(scope="module")
-def ckpt(official_tiny, tmp_path_factory):
+def _convert(folder, out):
     from infinity_jax.convert import convert
 
-    out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    convert(transformer_path=official_tiny / "weights_infinity.npz", vae_path=official_tiny / "weights_vae.npz",
-            out=out, official_config=official_tiny / "manifest.json", sampling={"cfg": 4.0, "tau": 0.5},
+    convert(transformer_path=folder / "weights_infinity.npz", vae_path=folder / "weights_vae.npz",
+            out=out, official_config=folder / "manifest.json", sampling={"cfg": 4.0, "tau": 0.5},
             log=lambda *a: None)
     return out
 
 
-def test_checkpoint_reproduces_official_greedy_image(ckpt, official_tiny):
+@pytest.fixture(scope="module")
+def ckpt(official, tmp_path_factory):
+    """Each reference fixture converted from its official files and manifest (the layout read from it)."""
+    return _convert(official, tmp_path_factory.mktemp("ckpt") / official.name)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(official_tiny, tmp_path_factory):
+    return _convert(official_tiny, tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def test_checkpoint_reproduces_official_greedy_image(ckpt, official):
     from infinity_jax.sampling.pipeline import Pipeline
     from infinity_jax.sampling.sampler import SamplingConfig
+    from infinity_jax.schedules import official_patchify
 
-    _, inputs, goldens = fixture(str(official_tiny))
+    manifest, inputs, goldens = fixture(str(official))
     g = goldens["golden_sampling"]
     pipe = Pipeline.from_checkpoint(ckpt)
+    patch = official_patchify(manifest)
+    assert pipe.transformer.cfg.apply_spatial_patchify == pipe.tokenizer.config.apply_spatial_patchify == patch
+    assert pipe.tokenizer.config.patch_size == (8 if patch else 16)
     # sample 0 has no near-tie bit on the greedy path: its decoded image must match
-    out = pipe.sampler.generate(inputs["text_features"][:1], inputs["text_mask"][:1], schedule(str(official_tiny)),
+    out = pipe.sampler.generate(inputs["text_features"][:1], inputs["text_mask"][:1], schedule(str(official)),
                                 settings=SamplingConfig(cfg=4.0, tau=0.5, top_k=1, top_p=0.0))
     img = np.asarray(out.images)[0].transpose(2, 0, 1)
     np.testing.assert_allclose(img, g["greedy/decoded_image"][0], atol=1e-4, rtol=0)
@@ -53,8 +66,8 @@ def test_checkpoint_reproduces_official_greedy_image(ckpt, official_tiny):
     assert len(res.previews[0]) == 7
 
 
-def test_generate_command_writes_pngs(ckpt, official_tiny, tmp_path):
-    _, inputs, _ = fixture(str(official_tiny))
+def test_generate_command_writes_pngs(ckpt, official, tmp_path):
+    _, inputs, _ = fixture(str(official))
     np.savez(tmp_path / "f.npz", features=inputs["text_features"], mask=inputs["text_mask"])
     p = _run("infinity_jax.generate", f"--ckpt={ckpt}", f"--text_features={tmp_path / 'f.npz'}", "--resolution=0.06M",
              "--batch=2", "--save_scales", f"--out={tmp_path / 'out'}")
@@ -65,7 +78,8 @@ def test_generate_command_writes_pngs(ckpt, official_tiny, tmp_path):
     assert "s per image" in p.stdout or "2 image(s)" in p.stdout
 
 
-def test_clear_errors(ckpt, tmp_path):
+def test_clear_errors(tiny_ckpt, tmp_path):
+    ckpt = tiny_ckpt
     p = _run("infinity_jax.generate", f"--ckpt={tmp_path / 'nope'}", "--prompt=x", ok=False)
     assert p.returncode != 0 and "does not exist" in p.stderr and "Traceback" not in p.stderr
     p = _run("infinity_jax.generate", f"--ckpt={ckpt}", "--prompt=x", "--aspect=9:1", ok=False)
@@ -97,3 +111,10 @@ def test_convert_rejects_wrong_files(official_tiny, tmp_path):
              f"--transformer={official_tiny / 'weights_vae.npz'}", f"--vae={official_tiny / 'weights_vae.npz'}",
              f"--out={tmp_path / 'x'}", ok=False)
     assert p.returncode != 0 and "missing keys" in p.stderr and "Traceback" not in p.stderr
+    # the 8B layout (d = 14) with a d = 32 tokenizer
+    patch = official_tiny.parent / "official-patchify"
+    if patch.exists():
+        p = _run("infinity_jax.convert", f"--official_config={patch / 'manifest.json'}",
+                 f"--transformer={patch / 'weights_infinity.npz'}", f"--vae={official_tiny / 'weights_vae.npz'}",
+                 f"--out={tmp_path / 'y'}", ok=False)
+        assert p.returncode != 0 and "Traceback" not in p.stderr and "error:" in p.stderr, p.stderr[-2000:]

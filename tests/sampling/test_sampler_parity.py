@@ -1,16 +1,21 @@
-"""KV-cache sampler against the official autoregressive runs (official-tiny)."""
+"""KV-cache sampler against the official autoregressive runs (both fixtures).
+
+Bits are compared on the tokenizer grid (twice the transformer grid with spatial patchify);
+head logits on the transformer grid (2 x 4d per token with spatial patchify).
+"""
 import numpy as np
 import pytest
 
 from helpers import fixture, schedule, transformer
 from infinity_jax.sampling.sampler import Sampler, SamplingConfig
+from infinity_jax.tokenizer.packing import patchify
 
 TIE = 1e-5  # logit margins below this may legitimately round either way
 
 
 @pytest.fixture(scope="module")
-def setup(official_tiny):
-    folder = str(official_tiny)
+def setup(official):
+    folder = str(official)
     manifest, inputs, goldens = fixture(folder)
     return manifest, inputs, goldens["golden_sampling"], Sampler(transformer(folder)), schedule(folder)
 
@@ -43,12 +48,17 @@ def test_greedy_bits(setup):
     out = sampler.generate(inputs["text_features"], inputs["text_mask"], sched, settings=st,
                            replay_bits=_golden_bits(g, "greedy", len(sched)), decode=False)
     near_ties = 0
+    mcfg = sampler.cfg
+    C = mcfg.token_bits
     for k in range(len(sched)):
         raw = np.asarray(out.head_logits[k]) / st.tau
-        guided = (st.cfg * raw[:2] + (1 - st.cfg) * raw[2:]).reshape(2, -1, 32, 2)
+        guided = (st.cfg * raw[:2] + (1 - st.cfg) * raw[2:]).reshape(2, -1, C, 2)
         margin = guided[..., 1] - guided[..., 0]
         ours = (margin > 0).astype(np.int32)
-        ref = g[f"greedy/bits_scale{k:02d}"].reshape(2, -1, 32)
+        ref = g[f"greedy/bits_scale{k:02d}"][:, 0]  # tokenizer grid
+        if mcfg.apply_spatial_patchify:
+            ref = np.asarray(patchify(ref))
+        ref = ref.reshape(2, -1, C)
         differ = ours != ref
         assert np.all(np.abs(margin[differ]) < TIE), f"scale {k}: {differ.sum()} bits differ beyond ties"
         near_ties += int(differ.sum())
@@ -86,7 +96,7 @@ def test_same_seed_same_bits_and_batch_independence(setup):
     assert total > 0
 
 
-def test_bf16_and_hidden_state_guidance(setup, official_tiny):
+def test_bf16_and_hidden_state_guidance(setup, official):
     """bf16 blocks stay close to fp32; guidance after the last block differs from guidance on logits."""
     from infinity_jax.transformer.config import InfinityConfig
     from infinity_jax.transformer.convert import load
@@ -94,8 +104,8 @@ def test_bf16_and_hidden_state_guidance(setup, official_tiny):
     manifest, inputs, g, sampler, sched = setup
     run = "replay_vae_bits"
     replay = _golden_bits(g, run, len(sched))
-    cfg = InfinityConfig.from_official(manifest["config"]["infinity"], dtype="bfloat16")
-    bf16 = Sampler(load(str(official_tiny / "weights_infinity.npz"), cfg))
+    cfg = InfinityConfig.from_official(manifest, dtype="bfloat16")
+    bf16 = Sampler(load(str(official / "weights_infinity.npz"), cfg))
     out = bf16.generate(inputs["text_features"], inputs["text_mask"], sched, settings=_settings(manifest, run),
                         replay_bits=replay, decode=False)
     err = max(float(np.abs(np.asarray(out.head_logits[k]) - g[f"{run}/head_logits_scale{k:02d}"]).max())

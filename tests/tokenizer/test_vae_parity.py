@@ -1,4 +1,8 @@
-"""Parity of the NNX BSQ-VAE with the official PyTorch code (official-tiny fixture, fp32).
+"""Parity of the NNX BSQ-VAE with the official PyTorch code (both reference fixtures, fp32).
+
+official-tiny: stride 16, d = 32, tokenizer grid = transformer grid (1x1 .. 16x16).
+official-patchify (the 8B layout): stride 8, d = 14, tokenizer grid = 2 x transformer grid
+(2x2 .. 32x32); the transformer's inputs and labels pack 2x2 tokenizer tokens (56 channels).
 
 Fixture layouts are the official ones (NCHW; bits ``[B, 1, h, w, d]``; codes ``[B, d, 1, h, w]``);
 ours are channels-last, so every comparison transposes.
@@ -10,11 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import patchify_flag, tokenizer_schedule
 from infinity_jax.tokenizer import vae as V
 
 ATOL = 1e-4
 SCHEDULE = [(1, 1, 1), (1, 2, 2), (1, 4, 4), (1, 6, 6), (1, 8, 8), (1, 12, 12), (1, 16, 16)]
 K = len(SCHEDULE)
+# (codebook_dim, base_ch, ch_mult, num_res_blocks, patch_size, apply_spatial_patchify) per fixture
+CONFIGS = {"official-tiny": (32, 32, (1, 2, 4, 4, 4), 2, 16, False),
+           "official-patchify": (14, 32, (1, 2, 4, 4), 2, 8, True)}
 
 
 def nchw_to_nhwc(x):
@@ -30,23 +38,30 @@ def maxerr(a, b):
 
 
 @pytest.fixture(scope="module")
-def setup(official_tiny):
-    manifest = json.loads((official_tiny / "manifest.json").read_text())
-    config = V.VAEConfig.from_official(manifest["config"]["vae"])
-    model = V.load(official_tiny / "weights_vae.npz", config)
-    golden = dict(np.load(official_tiny / "golden_vae.npz"))
-    image = nchw_to_nhwc(np.load(official_tiny / "inputs.npz")["image"])
+def setup(official):
+    manifest = json.loads((official / "manifest.json").read_text())
+    # the whole manifest, as a user passes it: the patchify flag is in its transformer section
+    config = V.VAEConfig.from_official(manifest)
+    model = V.load(official / "weights_vae.npz", config)
+    golden = dict(np.load(official / "golden_vae.npz"))
+    image = nchw_to_nhwc(np.load(official / "inputs.npz")["image"])
     return manifest, model, golden, jnp.asarray(image)
 
 
 @pytest.fixture(scope="module")
-def encoded(setup):
+def sched(official):
+    """The tokenizer's grids (twice the transformer's with spatial patchify)."""
+    return list(tokenizer_schedule(str(official)))
+
+
+@pytest.fixture(scope="module")
+def encoded(setup, sched):
     _, model, _, image = setup
 
     @jax.jit
     def run(image):  # one compile for the raw latent and the quantizer outputs
         features = model.encode_features(image)
-        out = model.quantize(features, SCHEDULE)
+        out = model.quantize(features, sched)
         return features, out.quantized, out.bits
 
     return run(image)
@@ -57,11 +72,12 @@ def decode(setup):
     return V.jit_decode(setup[1])
 
 
-def test_config_and_param_count(setup):
+def test_config_and_param_count(setup, official):
     manifest, model, _, _ = setup
     cfg = model.config
-    assert (cfg.codebook_dim, cfg.base_ch, cfg.ch_mult, cfg.num_res_blocks, cfg.patch_size) == (
-        32, 32, (1, 2, 4, 4, 4), 2, 16)
+    assert (cfg.codebook_dim, cfg.base_ch, cfg.ch_mult, cfg.num_res_blocks, cfg.patch_size,
+            cfg.apply_spatial_patchify) == CONFIGS[official.name]
+    assert cfg.apply_spatial_patchify == patchify_flag(str(official))
     from flax import nnx
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert n == manifest["config"]["vae"]["n_params"]
@@ -74,10 +90,10 @@ def test_raw_features(setup, encoded):
     assert err < ATOL
 
 
-def test_bits_identical_every_scale(setup, encoded):
+def test_bits_identical_every_scale(setup, encoded, sched):
     _, _, golden, _ = setup
     bits = encoded[2]
-    assert len(bits) == K
+    assert len(bits) == len(sched) == K
     for k in range(K):
         ref = golden[f"bits_scale{k:02d}"][:, 0]
         assert bits[k].shape == ref.shape and bits[k].dtype == jnp.int32
@@ -91,30 +107,36 @@ def test_z_quantized(setup, encoded):
     assert err < ATOL
 
 
-def test_var_inputs_area_match_vae_golden(setup, encoded):
-    """golden ``var_input_scaleSS`` is MultiScaleBSQ's own ``var_inputs``: area-resized running sums."""
+def test_var_inputs_area_match_vae_golden(setup, encoded, sched):
+    """golden ``var_input_scaleSS`` is MultiScaleBSQ's own ``var_inputs``: area-resized running sums
+    on the tokenizer grid (never packed)."""
     _, model, golden, _ = setup
-    vin, bil = jax.jit(lambda b: (model.var_inputs(b, SCHEDULE, mode="area"),
-                                  model.var_inputs(b, SCHEDULE, mode="bilinear")))(encoded[2])
+    vin, bil = jax.jit(lambda b: (model.var_inputs(b, sched, mode="area", packed=False),
+                                  model.var_inputs(b, sched, mode="bilinear", packed=False)))(encoded[2])
     assert len(vin) == K - 1
     errs = [maxerr(vin[k - 1], codes5_to_nhwc(golden[f"var_input_scale{k:02d}"])) for k in range(1, K)]
     print("var_input (area) max abs err per scale", [f"{e:.3g}" for e in errs])
     assert max(errs) < ATOL
-    # The bilinear (transformer) resize differs where the ratio is not a power of two (16 -> 6, 12).
+    # The bilinear (transformer) resize differs where the ratio is not a power of two (16 -> 6, 12;
+    # 32 -> 12, 24).
     assert maxerr(bil[2], codes5_to_nhwc(golden["var_input_scale03"])) > 1e-3
 
 
-def test_var_inputs_bilinear_match_transformer_input(setup, official_tiny):
-    """The transformer's input (BitwiseSelfCorrection.flip_requant) uses trilinear resizing."""
+def test_var_inputs_bilinear_match_transformer_input(setup, official, sched):
+    """The transformer's input (BitwiseSelfCorrection.flip_requant) uses trilinear resizing; with
+    spatial patchify inputs and labels are packed 2x2 (official ``pixel_unshuffle`` order)."""
     _, model, golden, _ = setup
-    gt = np.load(official_tiny / "golden_transformer.npz")
+    gt = np.load(official / "golden_transformer.npz")
     bits = [jnp.asarray(golden[f"bits_scale{k:02d}"][:, 0]) for k in range(K)]
-    vin = jax.jit(lambda b: model.var_inputs(b, SCHEDULE))(bits)  # default mode: bilinear
-    flat = np.concatenate([np.asarray(v).reshape(2, -1, 32) for v in vin], axis=1)
+    vin = jax.jit(lambda b: model.var_inputs(b, sched))(bits)  # default: bilinear, packed as the model's layout
+    C = model.config.token_dim
+    flat = np.concatenate([np.asarray(v).reshape(2, -1, C) for v in vin], axis=1)
+    assert flat.shape == gt["x_BLC_wo_prefix"].shape
     err = maxerr(flat, gt["x_BLC_wo_prefix"])
     print(f"x_BLC_wo_prefix (bilinear) max abs err {err:.3g}")
     assert err < ATOL
-    labels = np.concatenate([np.asarray(b).reshape(2, -1, 32) for b in bits], axis=1)
+    packed = [V.patchify(b) if model.config.apply_spatial_patchify else b for b in bits]
+    labels = np.concatenate([np.asarray(b).reshape(2, -1, C) for b in packed], axis=1)
     np.testing.assert_array_equal(labels, gt["gt_BL_bits"])
 
 
@@ -131,7 +153,7 @@ def test_recon_from_z_quantized(setup, decode):
     recon = decode(jnp.asarray(nchw_to_nhwc(golden["z_quantized"])))
     err = maxerr(recon, nchw_to_nhwc(golden["recon"]))
     print(f"recon max abs err {err:.3g}")
-    assert recon.shape == (2, 256, 256, 3)
+    assert recon.shape == nchw_to_nhwc(golden["recon"]).shape == (2, 256, 256, 3)
     assert err < ATOL
     assert float(jnp.max(jnp.abs(recon))) <= 1.0
 
@@ -157,14 +179,15 @@ def test_plain_upsample_matches_subpixel(setup):
 
 def test_input_errors(setup):
     _, model, _, image = setup
+    s, d = model.config.stride, model.config.codebook_dim
     with pytest.raises(ValueError, match="NCHW"):
         model.encode_features(jnp.zeros((1, 3, 64, 64)))
-    with pytest.raises(ValueError, match="not divisible by the VAE stride 16"):
-        model.encode_features(jnp.zeros((1, 72, 64, 3)))
+    with pytest.raises(ValueError, match=f"not divisible by the VAE stride {s}"):
+        model.encode_features(jnp.zeros((1, 4 * s + s // 2, 64, 3)))
     with pytest.raises(ValueError, match="channels-first"):
-        model.decode(jnp.zeros((1, 32, 4, 4)))
+        model.decode(jnp.zeros((1, d, 4, 4)))
     with pytest.raises(ValueError, match="does not match the latent grid"):
-        model.quantize(jnp.zeros((1, 16, 16, 32)), [(1, 1, 1), (1, 8, 8)])
+        model.quantize(jnp.zeros((1, 16, 16, d)), [(1, 1, 1), (1, 5, 5)])
 
 
 def test_default_schedule_is_official():

@@ -6,7 +6,8 @@ import numpy as np
 from helpers import fixture, schedule
 from infinity_jax.tokenizer.quantizer import bits_to_codes
 from infinity_jax.tokenizer.resample import bilinear_resize
-from infinity_jax.transformer.self_correction import flip_requant, pixel_shuffle, pixel_unshuffle
+from infinity_jax.tokenizer.packing import patchify
+from infinity_jax.transformer.self_correction import flip_requant
 
 SCALES = [(1, 1, 1), (1, 2, 2), (1, 4, 4), (1, 6, 6), (1, 8, 8), (1, 12, 12), (1, 16, 16)]
 
@@ -69,18 +70,12 @@ def test_random_strength_is_deterministic_given_key():
     assert np.all((s >= 0) & (s <= 0.3 + 1e-6)) and np.allclose(s * 100, np.round(s * 100), atol=1e-4)
 
 
-def test_pixel_unshuffle_matches_torch():
-    import torch
-
-    x = np.random.default_rng(2).normal(size=(2, 8, 6, 5)).astype(np.float32)
-    ref = torch.nn.functional.pixel_unshuffle(torch.tensor(x).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1).numpy()
-    np.testing.assert_array_equal(np.asarray(pixel_unshuffle(jnp.asarray(x))), ref)
-    np.testing.assert_array_equal(np.asarray(pixel_shuffle(pixel_unshuffle(jnp.asarray(x)))), x)
-
-
 def test_patchify_schedule_shapes():
     feat = jnp.asarray(np.random.default_rng(3).normal(size=(1, 16, 16, 14)).astype(np.float32))
     scales = [(1, 1, 1), (1, 2, 2), (1, 4, 4), (1, 8, 8)]  # vae grids 2,4,8,16
     out = flip_requant(feat, scales, patchify=True)
     assert out.x_BLC_wo_prefix.shape == (1, 4 + 16 + 64, 56)
     assert out.labels.shape == (1, 1 + 4 + 16 + 64, 56)
+    # the labels are the tokenizer's bits packed 2x2 (the one patchify of the package)
+    packed = np.concatenate([np.asarray(patchify(b)).reshape(1, -1, 56) for b in out.clean_bits], axis=1)
+    np.testing.assert_array_equal(np.asarray(out.labels), packed)

@@ -115,3 +115,16 @@ def test_load_straight_into_shardings(tmp_path):
     mask = jnp.ones((1, 3), bool)
     np.testing.assert_allclose(np.asarray(m(text, mask, x, [(1, 1, 1), (1, 2, 2)])),
                                np.asarray(src(text, mask, x, [(1, 1, 1), (1, 2, 2)])), atol=1e-5)
+
+
+def test_official_config_states_the_token_layout(official_patchify):
+    """The 8B layout is read from the manifest's transformer section; a config without it is named."""
+    import json
+
+    manifest = json.loads((official_patchify / "manifest.json").read_text())
+    cfg = InfinityConfig.from_official(manifest)
+    assert (cfg.apply_spatial_patchify, cfg.codebook_dim, cfg.token_bits, cfg.vocab) == (True, 14, 56, 112)
+    assert InfinityConfig.from_official(manifest["config"]["infinity"]) == cfg
+    flat = cfg.replace(apply_spatial_patchify=False)
+    with pytest.raises(CheckpointMismatchError, match="apply_spatial_patchify False"):
+        load(str(official_patchify / "weights_infinity.npz"), flat)
