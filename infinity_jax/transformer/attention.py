@@ -147,7 +147,6 @@ def _splash_mask_function(offsets: tuple[int, ...]):
     return visible
 
 
-@functools.lru_cache(maxsize=32)
 def _splash_kernel(offsets: tuple[int, ...], padded: int, heads: int, interpret: bool, block: int):
     class BlockCausalMask(sm._ComputableMask):  # noqa: SLF001 - the documented way to add a lazy mask
         def __init__(self):
@@ -162,22 +161,29 @@ def _splash_kernel(offsets: tuple[int, ...], padded: int, heads: int, interpret:
     mask = sm.MultiHeadMask([BlockCausalMask() for _ in range(heads)])
     sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                           block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
-    with jax.ensure_compile_time_eval():  # concrete mask tables, safe to cache across traces
-        return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    # built per trace: its mask tables become constants of the program that uses them
+    return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def _splash_block_causal(q, k, v, offsets: tuple[int, ...], block: int = 128):
-    """Splash attention over the padded sequence; q/k/v (B,L,H,hd) -> (B,L,H,hd)."""
+    """Splash attention over the padded sequence; q/k/v (B,L,H,hd) -> (B,L,H,hd).
+
+    The compiled kernel when lowering for TPU (also a TPU topology compiled from a CPU host), the
+    same kernel in Pallas interpret mode for any other platform.
+    """
     B, L, H, hd = q.shape
     padded = -(-L // block) * block
-    interpret = jax.default_backend() != "tpu"
     dt = v.dtype
 
     def run(qb, kb, vb):
         h = qb.shape[2]
-        kernel = _splash_kernel(offsets, padded, h, interpret, block)
         pad = lambda t: jnp.pad(t, ((0, 0), (0, padded - L), (0, 0), (0, 0))).transpose(0, 2, 1, 3).astype(dt)
-        out = jax.vmap(kernel)(pad(qb), pad(kb), pad(vb))
+        args = (pad(qb), pad(kb), pad(vb))
+
+        def kernel_fn(interpret):
+            return lambda *a: jax.vmap(_splash_kernel(offsets, padded, h, interpret, block))(*a)
+
+        out = jax.lax.platform_dependent(*args, tpu=kernel_fn(False), default=kernel_fn(True))
         return out.transpose(0, 2, 1, 3)[:, :L]
 
     mesh = jax.sharding.get_abstract_mesh()

@@ -144,3 +144,25 @@ def test_sampler_replay_per_backend(official_tiny, impl):
     for k in range(len(sched)):
         np.testing.assert_allclose(np.asarray(out.head_logits[k]), g[f"official_stochastic/head_logits_scale{k:02d}"],
                                    atol=1e-4, rtol=0, err_msg=f"scale {k}")
+
+
+def test_splash_compiles_to_the_tpu_kernel():
+    """Compiled for a TPU v5p slice from this host: forward + backward are Pallas TPU kernels, sharded
+    over the mesh, with no (L, L) tensor."""
+    pytest.importorskip("libtpu", reason="jax[tpu] (libtpu) is the optional 'tpu' extra")
+    from jax.experimental import topologies
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from infinity_jax.sharding import make_mesh
+
+    topo = topologies.get_topology_desc(platform="tpu", topology_name="v5p:2x2x1", chip_config_name="megacore",
+                                        chips_per_host_bounds=(2, 2, 1))
+    mesh = make_mesh({"fsdp": -1}, devices=topo.devices)
+    offs = scale_offsets([(1, 1, 1), (1, 2, 2), (1, 4, 4), (1, 6, 6), (1, 8, 8), (1, 12, 12), (1, 16, 16)])
+    L = offs[-1]
+    sd = jax.ShapeDtypeStruct((4, L, 2, 128), jnp.bfloat16, sharding=NamedSharding(mesh, P("fsdp")))
+    f = lambda q, k, v: jnp.sum(A.block_causal_attention(q, k, v, offs, impl="splash").astype(jnp.float32))
+    with jax.set_mesh(mesh):
+        hlo = jax.jit(jax.grad(f, (0, 1, 2))).lower(sd, sd, sd).compile().as_text()
+    assert hlo.count('custom_call_target="tpu_custom_call"') >= 3  # forward, dq, dkv kernels
+    assert f"{L},{L}]" not in hlo
