@@ -9,6 +9,7 @@ Mesh axes: ``data`` (pure data parallel), ``fsdp`` (data parallel + parameter sh
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable, Sequence
 
 import jax
@@ -22,6 +23,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import flax  # noqa: E402
 
 flax.config.update("flax_always_shard_variable", False)
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -89,24 +92,58 @@ def _names_of(var) -> tuple | None:
     return None
 
 
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _placement(var, mesh: Mesh, rules) -> tuple[P, list[tuple[int, str, tuple]]]:
+    """(PartitionSpec, [(dim, logical name, mesh axes) of each dimension the mesh axes do not divide])."""
+    names = _names_of(var)
+    value = var.get_value() if hasattr(var, "get_value") else var.value
+    spec = logical_to_spec(names, rules, mesh) if names is not None else P()
+    spec = list(spec) + [None] * (np.ndim(value) - len(spec))
+    dropped = []
+    for i, axes in enumerate(spec):
+        if axes is None:
+            continue
+        axes_t = (axes,) if isinstance(axes, str) else tuple(axes)
+        size = int(np.prod([mesh.shape[a] for a in axes_t]))
+        if value.shape[i] % size:
+            dropped.append((i, names[i] if names and i < len(names) else None, axes_t))
+            spec[i] = None
+    return P(*spec[: np.ndim(value)]), dropped
+
+
+def indivisible_params(state: nnx.State, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> list[dict]:
+    """The parameters with a dimension that its mesh axes do not divide (so it is replicated):
+    ``[{"param", "shape", "dim", "logical", "mesh_axes", "mesh_size"}]``."""
+    out = []
+
+    def one(path, var):
+        _, dropped = _placement(var, mesh, rules)
+        shape = tuple(int(x) for x in np.shape(var.get_value() if hasattr(var, "get_value") else var.value))
+        for dim, logical, axes in dropped:
+            out.append({"param": _path_name(path), "shape": shape, "dim": dim, "logical": logical,
+                        "mesh_axes": axes, "mesh_size": int(np.prod([mesh.shape[a] for a in axes]))})
+        return var
+
+    jax.tree_util.tree_map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return out
+
+
 def state_shardings(state: nnx.State, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> nnx.State:
     """A pytree of NamedShardings matching an NNX state, from each variable's logical names.
 
-    A dimension that the mesh axis does not divide is replicated instead.
+    A dimension that the mesh axis does not divide is replicated instead, with a logged warning
+    naming the parameter, its shape, the logical name and the mesh axis.
     """
+    for d in indivisible_params(state, mesh, rules):
+        log.warning("parameter %s of shape %s: dimension %d (logical %r) is not divisible by mesh axis %s "
+                    "of size %d; it is replicated on that axis", d["param"], d["shape"], d["dim"], d["logical"],
+                    "x".join(d["mesh_axes"]), d["mesh_size"])
 
     def one(var):
-        names = _names_of(var)
-        value = var.get_value() if hasattr(var, "get_value") else var.value
-        spec = logical_to_spec(names, rules, mesh) if names is not None else P()
-        spec = list(spec) + [None] * (np.ndim(value) - len(spec))
-        for i, axes in enumerate(spec):
-            if axes is None:
-                continue
-            size = int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
-            if value.shape[i] % size:
-                spec[i] = None
-        return var.replace(NamedSharding(mesh, P(*spec[: np.ndim(value)])))
+        return var.replace(NamedSharding(mesh, _placement(var, mesh, rules)[0]))
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

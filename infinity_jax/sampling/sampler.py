@@ -106,6 +106,24 @@ class Sampler:
         self._compiled: dict = {}
         self.compile_seconds = 0.0
 
+    @classmethod
+    def from_abstract(cls, graphdef, state: nnx.State, cfg, *, cache_dtype=None) -> "Sampler":
+        """A sampler over an abstract model (``graphdef`` + a state of ``jax.ShapeDtypeStruct``): its
+        jitted programs can be lowered and compiled ahead of time (e.g. for a TPU topology), not run."""
+        self = cls.__new__(cls)
+        self.model, self.cfg, self.tokenizer = None, cfg, None
+        self.graphdef, self.state = graphdef, state
+        self.cache_dtype = jnp.dtype(cache_dtype or cfg.dtype)
+        self._compiled = {}
+        self.compile_seconds = 0.0
+        return self
+
+    def programs(self, scales: Sequence[Sequence[int]], B: int, use_cfg: bool, cfg_insertion_layer: int = 0):
+        """``(prepare, [step_k for every scale])``: the jitted programs :meth:`generate` runs."""
+        scales = tuple((1, int(s[-2]), int(s[-1])) for s in scales)
+        return self._prepare_fn(use_cfg), [self._step_fn(k, scales, B, use_cfg, int(cfg_insertion_layer))
+                                           for k in range(len(scales))]
+
     # -------------------------------------------------------------- jitted pieces
     def _prepare_fn(self, use_cfg: bool):
         key = ("prepare", use_cfg)

@@ -18,18 +18,21 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from infinity_jax.tools.tpu import chip_for_device_kind
+
 log = logging.getLogger(__name__)
 
-#: bf16 dense peak TFLOP/s per device, by a substring of ``jax.devices()[0].device_kind``.
-PEAK_TFLOPS = (
-    ("TPU v6", 918.0), ("TPU v5p", 459.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0), ("TPU v4", 275.0),
-    ("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("A10G", 125.0),
-)
+#: bf16 dense peak TFLOP/s of GPUs, by a substring of ``jax.devices()[0].device_kind``; TPU chips
+#: come from the one chip table, :data:`infinity_jax.tools.tpu.CHIPS`.
+PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("A10G", 125.0))
 
 
 def peak_tflops(device_kind: str, configured: float = 0.0) -> float | None:
     if configured and configured > 0:
         return float(configured)
+    chip = chip_for_device_kind(device_kind)
+    if chip is not None:
+        return chip.peak_tflops
     for key, value in PEAK_TFLOPS:
         if key.lower() in device_kind.lower():
             return value

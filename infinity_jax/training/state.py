@@ -118,13 +118,24 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, md: ModelDef) -> Any:
-    """Shardings of ``tx.init(params)``: moments like their parameters, the rest replicated."""
+    """Shardings of ``tx.init(params)``: moments like their parameters, the rest replicated.
+
+    Shapes only (``jax.eval_shape``), so it works for a mesh of compile-only devices (an AOT
+    topology): every subtree of the optimizer state with the parameters' tree structure and shapes
+    (AdamW's ``mu`` / ``nu``) takes the parameters' shardings; every other leaf is replicated.
+    """
     abs_params = md.abstract_params()
     abs_opt = jax.eval_shape(tx.init, abs_params)
+    param_def = jax.tree.structure(abs_params)
+    param_shapes = [tuple(a.shape) for a in jax.tree.leaves(abs_params)]
     rep = replicated(md.mesh)
-    return optax.tree_map_params(tx, lambda _, s: s, abs_opt, md.shardings,
-                                 transform_non_params=lambda _: rep,
-                                 is_leaf=lambda x: isinstance(x, NamedSharding))
+
+    def like_params(node) -> bool:
+        if jax.tree.structure(node) != param_def:
+            return False
+        return [tuple(a.shape) for a in jax.tree.leaves(node)] == param_shapes
+
+    return jax.tree.map(lambda node: md.shardings if like_params(node) else rep, abs_opt, is_leaf=like_params)
 
 
 def train_state_shardings(tx, md: ModelDef, ema: bool) -> dict:

@@ -400,19 +400,26 @@ class Trainer:
                                                     sharding=self.batch_sharding)
         return spec
 
+    def jitted_step(self, bucket_id: int):
+        """``(jax.jit(step) with in/out shardings and donation, its abstract arguments)`` for template
+        ``bucket_id``; lower it under ``jax.set_mesh(self.mesh)`` (also for a mesh of compile-only devices)."""
+        bucket = self.buckets[bucket_id]
+        batch_spec = self.batch_spec(bucket)
+        batch_sh = {k: v.sharding for k, v in batch_spec.items()}
+        jitted = jax.jit(self.step_function(bucket),
+                         in_shardings=(self.state_shardings, self.vae_md.shardings, batch_sh),
+                         out_shardings=(self.state_shardings, self.replicated), donate_argnums=(0,))
+        return jitted, (self.abstract_state(), self.vae_md.abstract_params(), batch_spec)
+
     def compiled_step(self, bucket_id: int):
         """The step for template ``bucket_id``, lowered and compiled once (memory analysis logged)."""
         if bucket_id in self._compiled:
             return self._compiled[bucket_id]
         bucket = self.buckets[bucket_id]
-        vae_sh = self.vae_md.shardings
-        batch_spec = self.batch_spec(bucket)
-        batch_sh = {k: v.sharding for k, v in batch_spec.items()}
-        jitted = jax.jit(self.step_function(bucket), in_shardings=(self.state_shardings, vae_sh, batch_sh),
-                         out_shardings=(self.state_shardings, self.replicated), donate_argnums=(0,))
+        jitted, args = self.jitted_step(bucket_id)
         t0 = time.perf_counter()
         with jax.set_mesh(self.mesh):
-            compiled = jitted.lower(self.abstract_state(), self.vae_md.abstract_params(), batch_spec).compile()
+            compiled = jitted.lower(*args).compile()
         self.compile_info = {"template": bucket.h_div_w, "seconds": time.perf_counter() - t0,
                              "memory": _memory_line(compiled)}
         log.info("compiled the train step for template h/w=%s (%d tokens) in %.1f s; %s", bucket.h_div_w,
@@ -421,6 +428,17 @@ class Trainer:
         if not self.config.tokenizer.in_step:
             self.compiled_encoder(bucket_id)
         return compiled
+
+    def step_report_text(self, bucket_id: int) -> str:
+        """The compile report of the step for ``bucket_id`` (:func:`infinity_jax.tools.aot.train_report`):
+        per-device memory against the chip's HBM, FLOPs, collectives, roofline estimate."""
+        from infinity_jax.tools import aot  # noqa: PLC0415 - the report pulls in the HLO parser
+
+        try:
+            return aot.format_train_report(aot.train_report(self, bucket_id, self.compiled_step(bucket_id)))
+        except Exception as e:  # noqa: BLE001 - a report must never stop a run
+            log.warning("no compile report: %s: %s", type(e).__name__, e)
+            return f"compile report unavailable ({type(e).__name__})"
 
     def compiled_encoder(self, bucket_id: int):
         """The tokenizer run ahead of the step (``tokenizer.in_step=False``), compiled per template."""
@@ -489,8 +507,11 @@ class Trainer:
                     f"global batch {self.global_batch}, peak lr {self.peak_lr:.3g}; templates "
                     f"{pipeline.template_counts()}; {pipeline.batches_per_epoch} batches per epoch")
         if step < total:  # compile before the loop: the next batch's template now, others when first met
-            self.compiled_step(pipeline.next_bucket())
+            bucket_id = pipeline.next_bucket()
+            self.compiled_step(bucket_id)
             logger.text(f"train step compiled in {self.compile_info['seconds']:.1f} s; {self.compile_info['memory']}")
+            if primary:
+                logger.text(self.step_report_text(bucket_id))
         batch_log = None
         if c.debug.log_batches and self.workdir:
             batch_log = open(os.path.join(self.workdir, f"batches_process{jax.process_index()}.jsonl"), "a",

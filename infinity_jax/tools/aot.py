@@ -1,0 +1,380 @@
+r"""Ahead-of-time compile report: will a run fit a TPU slice, and how fast could it be? No TPU needed.
+
+  pip install -e '.[tpu]'    # libtpu: compiles for TPU topologies on any machine
+  python -m infinity_jax.tools.aot --config configs/infinity.py:size=2b,pn=1M --topology v5p-128 --batch 256
+  python -m infinity_jax.tools.aot --config configs/infinity.py:size=layer12,pn=0.06M --topology v5p:2x2x1 \
+      --parts train --json out.json
+
+Compiles, for the slice's compile-only devices (``jax.experimental.topologies``), the Trainer's
+real train step (optimizer included, ``Trainer.jitted_step``) on the config's mesh (default: fsdp
+over every chip) for the template with the most tokens, and the sampler's per-scale programs
+(``Sampler.programs``, guidance on, one chip). Per chip it prints parameter + optimizer bytes,
+temporaries, the total against the chip's HBM, FLOPs per step (matmuls from the HLO with loops
+counted trip-count times, and XLA's own count, which counts a loop body once), the collectives in
+the HLO, and a roofline *estimate* of step time and MFU from the chip table in
+:mod:`infinity_jax.tools.tpu`. It exits with status 3 when the train step or the sampler does not fit.
+
+Host-only settings do not change the compiled program and are neutralised: the data source
+(``synthetic``), the text source (``random``: same (B, T, C) features) and checkpoints (the
+tokenizer's architecture comes from ``config.tokenizer``, not from a checkpoint file).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from jax.sharding import SingleDeviceSharding
+
+from infinity_jax.data.bucketing import make_buckets
+from infinity_jax.sharding import indivisible_params, make_mesh
+from infinity_jax.tools.hlo_stats import COLLECTIVES, hlo_stats
+from infinity_jax.tools.tpu import ChipSpec, TopologyError, chip_for_device_kind, parse_topology, topology_devices
+
+log = logging.getLogger(__name__)
+
+#: Official sampling time of Infinity-2B, one 1024x1024 image on an H100 (paper, README).
+OFFICIAL_H100_SECONDS_PER_IMAGE = 0.8
+GIB = 2 ** 30
+
+
+# ------------------------------------------------------------------------------------ helpers
+def compile_config(config, *, batch: int | None = None, attention_impl: str | None = None):
+    """A copy of ``config`` with its host-only inputs neutralised (see the module docstring)."""
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.data.source, c.data.path = "synthetic", ""
+        c.text.source = "random"
+        c.tokenizer.checkpoint = ""
+        c.init.official, c.init.checkpoint = "", ""
+        if batch:
+            c.batch_size = int(batch)
+        if attention_impl:
+            c.model.attention_impl = attention_impl
+    return c
+
+
+def _cost(compiled) -> dict:
+    try:
+        ca = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return {}
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else {}
+    return dict(ca or {})
+
+
+def _memory(compiled) -> dict:
+    m = compiled.memory_analysis()
+    out = {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
+           "aliased": int(m.alias_size_in_bytes), "temporaries": int(m.temp_size_in_bytes),
+           "code": int(m.generated_code_size_in_bytes)}
+    out["total"] = out["arguments"] + out["temporaries"] + out["outputs"] - out["aliased"] + out["code"]
+    return out
+
+
+def _shard_bytes(tree) -> int:
+    """Bytes one device holds of a tree of ShapeDtypeStructs with shardings (the largest shard)."""
+    total = 0
+    for a in jax.tree.leaves(tree):
+        shape = a.sharding.shard_shape(a.shape) if getattr(a, "sharding", None) is not None else a.shape
+        total += int(np.prod(shape)) * jnp.dtype(a.dtype).itemsize
+    return total
+
+
+def roofline(flops: float, hbm_bytes: float, ici_bytes: float, chip: ChipSpec | None) -> dict | None:
+    """Lower-bound time (an estimate, not a measurement): the slowest of compute at the bf16 peak,
+    HBM traffic at the HBM bandwidth and collective traffic at the ICI bandwidth."""
+    if chip is None:
+        return None
+    t = {"compute_s": flops / (chip.peak_tflops * 1e12), "hbm_s": hbm_bytes / (chip.hbm_gbps * 1e9),
+         "ici_s": ici_bytes / (chip.ici_gbitps * 1e9 / 8)}
+    t["time_s"] = max(t.values())
+    t["bound"] = max(("compute_s", "hbm_s", "ici_s"), key=t.get)[:-2]
+    return t
+
+
+def _program_stats(compiled) -> dict:
+    hs = hlo_stats(compiled.as_text())
+    ca = _cost(compiled)
+    return {"memory": _memory(compiled), "hlo": hs,
+            "flops": {"hlo_matmul": hs.matmul_flops, "xla_cost_analysis": float(ca.get("flops", 0.0))},
+            "hbm_traffic_bytes": hs.hbm_bytes, "ici_bytes": hs.ici_bytes}
+
+
+# ------------------------------------------------------------------------------------ train step
+def train_report(trainer, bucket_id: int, compiled, *, chip: ChipSpec | None = None,
+                 hbm_gib: float | None = None, compile_seconds: float | None = None) -> dict:
+    """The per-chip report of a compiled train step (``Trainer.jitted_step(bucket_id)``, compiled)."""
+    from infinity_jax.transformer.flops import train_flops  # noqa: PLC0415
+
+    device = trainer.mesh.devices.flat[0]
+    chip = chip or chip_for_device_kind(device.device_kind)
+    hbm = hbm_gib * GIB if hbm_gib else (chip.hbm_bytes if chip else None)
+    bucket = trainer.buckets[bucket_id]
+    n = trainer.mesh.size
+    ps = _program_stats(compiled)
+    abstract = trainer.abstract_state()
+    state = {k: _shard_bytes(v) for k, v in abstract.items() if k != "step"}
+    model_flops = train_flops(trainer.mcfg, bucket.scales, trainer.text_len) * trainer.global_batch / n
+    rl = roofline(ps["flops"]["hlo_matmul"], ps["hbm_traffic_bytes"], ps["ici_bytes"], chip)
+    if rl:
+        rl["mfu"] = model_flops / rl["time_s"] / (chip.peak_tflops * 1e12) if rl["time_s"] else None
+    return {
+        "program": "train_step", "size": str(trainer.config.size), "pn": str(trainer.config.pn),
+        "attention_impl": trainer.mcfg.attention_impl, "dtype": trainer.mcfg.dtype,
+        "template": bucket.h_div_w, "tokens": bucket.seq_len, "pixels": list(bucket.pixel),
+        "global_batch": trainer.global_batch, "mesh": {k: int(v) for k, v in trainer.mesh.shape.items()},
+        "chips": n, "device_kind": device.device_kind, "chip": chip.name if chip else None, "hbm_bytes": hbm,
+        "state_bytes": state, "memory": ps["memory"], "fits": (ps["memory"]["total"] <= hbm) if hbm else None,
+        "flops": {**ps["flops"], "model": model_flops}, "hbm_traffic_bytes": ps["hbm_traffic_bytes"],
+        "ici_bytes": ps["ici_bytes"], "collectives": ps["hlo"].collectives, "loops": ps["hlo"].loops,
+        "roofline": rl, "indivisible_params": indivisible_params(trainer.md.abstract, trainer.mesh),
+        "compile_seconds": compile_seconds,
+    }
+
+
+def compile_train(config, devices, *, chip: ChipSpec | None = None, hbm_gib: float | None = None) -> dict:
+    """Build the Trainer on a mesh of ``devices`` (config.mesh, default fsdp over all), compile the
+    step of the template with the most tokens, and report."""
+    from infinity_jax.training.trainer import ConfigError, Trainer  # noqa: PLC0415
+
+    try:
+        mesh = make_mesh(dict(config.mesh), devices=devices)
+    except ValueError as e:
+        raise ConfigError(f"bad mesh {dict(config.mesh)} for {len(devices)} chips: {e}") from e
+    trainer = Trainer(config, None, mesh=mesh)
+    bucket_id = max(range(len(trainer.buckets)), key=lambda i: trainer.buckets[i].seq_len)
+    jitted, args = trainer.jitted_step(bucket_id)
+    t0 = time.perf_counter()
+    with jax.set_mesh(mesh):
+        compiled = jitted.lower(*args).compile()
+    seconds = time.perf_counter() - t0
+    return train_report(trainer, bucket_id, compiled, chip=chip, hbm_gib=hbm_gib, compile_seconds=seconds)
+
+
+# ------------------------------------------------------------------------------------ sampler
+def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: str | None = None,
+                    chip: ChipSpec | None = None, hbm_gib: float | None = None, h_div_w: float = 1.0) -> dict:
+    """Compile the sampler's per-scale programs on one chip for ``batch`` images (guidance on
+    unless ``cfg == 1``) at ``config.pn``, template ``h_div_w`` (or ``config.schedule``); parameters as the pipeline holds
+    them (float32), compute and KV cache in ``dtype`` (default ``config.model.dtype``)."""
+    from infinity_jax.sampling.sampler import Sampler  # noqa: PLC0415
+    from infinity_jax.training.trainer import model_config, vae_config  # noqa: PLC0415
+    from infinity_jax.transformer.model import Infinity  # noqa: PLC0415
+    from infinity_jax.transformer.self_correction import vae_schedule  # noqa: PLC0415
+
+    mcfg = model_config(config)
+    mcfg = mcfg.replace(dtype=str(dtype or mcfg.dtype))
+    vcfg = vae_config(config, mcfg)
+    sched = tuple(tuple(x) for x in config.schedule) if config.get("schedule") else None
+    scales = make_buckets(str(config.pn), None if sched else [h_div_w], sched, token_stride=vcfg.token_stride)[0].scales
+    chip = chip or chip_for_device_kind(device.device_kind)
+    hbm = hbm_gib * GIB if hbm_gib else (chip.hbm_bytes if chip else None)
+    sh = SingleDeviceSharding(device)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Infinity(mcfg, rngs=nnx.Rngs(0))))
+    state = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh), state)
+    sampler = Sampler.from_abstract(graphdef, state, mcfg)
+    use_cfg = float(cfg) != 1.0
+    prepare, steps = sampler.programs(scales, batch, use_cfg)
+
+    def sds(shape, dt):
+        return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dt), sharding=sh)
+
+    def placed(tree):
+        return jax.tree.map(lambda a: sds(a.shape, a.dtype), tree)
+
+    T = min(int(config.get("text_len", 77)), int(config.text.max_len), mcfg.text_maxlen)  # a typical caption
+    text, mask = sds((batch, T, mcfg.text_channels), jnp.float32), sds((batch, T), jnp.bool_)
+    tc, x = placed(jax.eval_shape(prepare, state, text, mask, None, None))
+    L = sum(h * w for _, h, w in scales)
+    BB = 2 * batch if use_cfg else batch
+    caches = tuple((sds((BB, L, mcfg.num_heads, mcfg.head_dim), sampler.cache_dtype),) * 2
+                   for _ in range(mcfg.depth))
+    vs = vae_schedule(scales, mcfg.apply_spatial_patchify)
+    summed = sds((batch, vs[-1][1], vs[-1][2], mcfg.codebook_dim), jnp.float32)
+    f32 = sds((), jnp.float32)
+    rule = (sds((), jnp.int32), f32, sds((), jnp.bool_))
+    keys = sds((batch, 2), jnp.uint32)
+    per_scale = []
+    t0 = time.perf_counter()
+    for k, fn in enumerate(steps):
+        rb = sds((batch, vs[k][1], vs[k][2], mcfg.codebook_dim), jnp.int32)
+        args = (state, caches, x, tc, f32, f32, rule, keys, sds((), jnp.bool_), rb, summed)
+        ps = _program_stats(fn.lower(*args).compile())
+        rl = roofline(ps["flops"]["hlo_matmul"], ps["hbm_traffic_bytes"], ps["ici_bytes"], chip)
+        per_scale.append({"scale": k, "grid": list(scales[k][1:]), "memory": ps["memory"], "flops": ps["flops"],
+                          "hbm_traffic_bytes": ps["hbm_traffic_bytes"], "roofline": rl})
+        out = jax.eval_shape(fn, *args)
+        caches, summed = placed(out[0]), placed(out[3])
+        x = placed(out[4]) if out[4] is not None else None
+    peak = max(p["memory"]["total"] for p in per_scale)
+    est = sum(p["roofline"]["time_s"] for p in per_scale) if chip else None
+    return {
+        "program": "sampler", "size": str(config.size), "pn": str(config.pn), "attention_impl": mcfg.attention_impl,
+        "dtype": mcfg.dtype, "batch": batch, "guidance": use_cfg, "template": h_div_w, "tokens": L, "scales": len(scales),
+        "chips": 1, "device_kind": device.device_kind, "chip": chip.name if chip else None, "hbm_bytes": hbm,
+        "param_bytes": _shard_bytes(state), "kv_cache_bytes": _shard_bytes(caches),
+        "peak_bytes": peak, "fits": (peak <= hbm) if hbm else None, "per_scale": per_scale,
+        "estimate_seconds_per_image": est / batch if est is not None else None,
+        "official_h100_seconds_per_image": OFFICIAL_H100_SECONDS_PER_IMAGE,
+        "compile_seconds": time.perf_counter() - t0,
+    }
+
+
+# ------------------------------------------------------------------------------------ text
+def _g(b) -> str:
+    return f"{b / GIB:.2f} GiB" if abs(b) >= GIB / 10 else f"{b / 2 ** 20:.1f} MiB"
+
+
+def format_train_report(r: dict) -> str:
+    m, s, f = r["memory"], r["state_bytes"], r["flops"]
+    hbm = f"{_g(r['hbm_bytes'])} ({r['chip']})" if r["hbm_bytes"] else "unknown HBM"
+    fit = {True: "fits", False: "DOES NOT FIT", None: "fit unknown"}[r["fits"]]
+    lines = [
+        f"train step, Infinity-{r['size']} pn={r['pn']} (template h/w {r['template']}, {r['tokens']} tokens, "
+        f"{r['pixels'][0]}x{r['pixels'][1]} px), global batch {r['global_batch']}, attention {r['attention_impl']}, "
+        f"{r['dtype']}; mesh {r['mesh']} on {r['chips']} x {r['device_kind']}",
+        f"  per chip: parameters {_g(s.get('params', 0))} + optimizer {_g(s.get('opt_state', 0))}"
+        + (f" + EMA {_g(s['ema'])}" if "ema" in s else "")
+        + f"; arguments {_g(m['arguments'])}, temporaries {_g(m['temporaries'])}, "
+        f"outputs not aliased {_g(m['outputs'] - m['aliased'])}, code {_g(m['code'])}",
+        f"  per chip total {_g(m['total'])} of {hbm}: {fit}",
+        f"  FLOPs per chip and step: {f['hlo_matmul']:.4g} (HLO matmuls, loops x trip count), "
+        f"{f['xla_cost_analysis']:.4g} (XLA cost analysis, loop bodies once), {f['model']:.4g} (model, analytic)",
+        "  collectives per chip and step: " + format_collectives(r["collectives"]),
+    ]
+    rl = r["roofline"]
+    if rl:
+        mfu = f"{100 * rl['mfu']:.1f} %" if rl.get("mfu") is not None else "n/a"
+        lines.append(f"  roofline ESTIMATE (not a measurement): {rl['time_s'] * 1e3:.1f} ms per step ({rl['bound']} bound; "
+                     f"compute {rl['compute_s'] * 1e3:.1f} ms, HBM {rl['hbm_s'] * 1e3:.1f} ms, ICI "
+                     f"{rl['ici_s'] * 1e3:.1f} ms), MFU <= {mfu}")
+    for d in r["indivisible_params"]:
+        lines.append(f"  replicated (not divisible): {d['param']} {tuple(d['shape'])} dim {d['dim']} "
+                     f"({d['logical']!r} on {'x'.join(d['mesh_axes'])}={d['mesh_size']})")
+    if r.get("compile_seconds") is not None:
+        lines.append(f"  compiled in {r['compile_seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def format_collectives(c: dict) -> str:
+    parts = [f"{k} {v['count']} in HLO / {v['executed']:.0f} run, {v['bytes'] / 2 ** 20:.1f} MiB"
+             for k, v in c.items() if v["count"]]
+    return "; ".join(parts) if parts else "none"
+
+
+def format_sampler_report(r: dict) -> str:
+    hbm = f"{_g(r['hbm_bytes'])} ({r['chip']})" if r["hbm_bytes"] else "unknown HBM"
+    fit = {True: "fits", False: "DOES NOT FIT", None: "fit unknown"}[r["fits"]]
+    worst = max(r["per_scale"], key=lambda p: p["memory"]["total"])
+    lines = [
+        f"sampler, Infinity-{r['size']} pn={r['pn']} ({r['scales']} scales, {r['tokens']} tokens), batch {r['batch']}"
+        f"{' + guidance' if r['guidance'] else ''}, {r['dtype']}, attention {r['attention_impl']}; one {r['device_kind']}",
+        f"  parameters {_g(r['param_bytes'])}, KV cache {_g(r['kv_cache_bytes'])}; peak per scale program "
+        f"(arguments + temporaries + outputs + code) {_g(r['peak_bytes'])} at scale {worst['scale']} "
+        f"{worst['grid'][0]}x{worst['grid'][1]}, of {hbm}: {fit}",
+    ]
+    if r["estimate_seconds_per_image"] is not None:
+        lines.append(f"  roofline ESTIMATE (not a measurement): {r['estimate_seconds_per_image']:.3g} s per image "
+                     f"(transformer scales only); official Infinity-2B: {r['official_h100_seconds_per_image']} s "
+                     f"per 1024x1024 image on an H100")
+    lines.append(f"  compiled {r['scales']} programs in {r['compile_seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ command line
+def _define_flags() -> dict:
+    """The command's flags (defined only when it runs, so that importing this module defines none)."""
+    return {
+        "topology": flags.DEFINE_string("topology", None, "TPU slice: v5p-128, v5p:4x4x4, v5e-16, v6e-8, v4-32, ..."),
+        "batch": flags.DEFINE_integer("batch", None, "Global train batch (default: config.batch_size)."),
+        "parts": flags.DEFINE_list("parts", ["train", "sampler"], "What to compile: train, sampler."),
+        "attention_impl": flags.DEFINE_string("attention_impl", None, "Override config.model.attention_impl."),
+        "hbm_gib": flags.DEFINE_float("hbm_gib", None, "Override the chip's HBM capacity (GiB) for the fit check."),
+        "sampler_batch": flags.DEFINE_integer("sampler_batch", 1, "Images per sampler call."),
+        "sampler_cfg": flags.DEFINE_float("sampler_cfg", 3.0, "Sampler guidance (1 = off: no unconditional rows)."),
+        "sampler_dtype": flags.DEFINE_string("sampler_dtype", None, "Sampler dtype (default: config.model.dtype)."),
+        "json": flags.DEFINE_string("json", None, "Also write the report as JSON to this file ('-': JSON on stdout, "
+                                                  "the text on stderr)."),
+    }
+
+def _default(o):
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    return str(o)
+
+
+def run(config, topology: str, parts=("train", "sampler"), *, batch=None, attention_impl=None, hbm_gib=None,
+        sampler_batch=1, sampler_cfg=3.0, sampler_dtype=None, echo=print) -> dict:
+    """Compile ``parts`` for ``topology``; returns ``{"topology", "train"?, "sampler"?, "fits"}``."""
+    target = parse_topology(topology)
+    unknown = set(parts) - {"train", "sampler"}
+    if unknown or not parts:
+        raise ValueError(f"--parts takes train and/or sampler, got {','.join(parts)}")
+    config = compile_config(config, batch=batch, attention_impl=attention_impl)
+    devices = topology_devices(target)
+    out = {"topology": target.topology_name, "chips": target.chips, "chip_spec": dataclasses.asdict(target.chip)}
+    if "train" in parts:
+        out["train"] = compile_train(config, devices, chip=target.chip, hbm_gib=hbm_gib)
+        echo(format_train_report(out["train"]))
+    if "sampler" in parts:
+        out["sampler"] = compile_sampler(config, devices[0], batch=sampler_batch, cfg=sampler_cfg, dtype=sampler_dtype,
+                                         chip=target.chip, hbm_gib=hbm_gib)
+        echo(format_sampler_report(out["sampler"]))
+    out["fits"] = all(out[p]["fits"] is not False for p in parts)
+    return out
+
+
+def main(argv, config_flag, f: dict) -> None:
+    from infinity_jax.training.trainer import ConfigError  # noqa: PLC0415
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if config_flag.value is None or not f["topology"].value:
+        raise app.UsageError("--config and --topology are required, e.g. --config configs/infinity.py:size=2b,pn=1M "
+                             "--topology v5p-128")
+    for noisy in ("absl", "jax._src"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    only_json = f["json"].value == "-"
+    try:
+        report = run(config_flag.value, f["topology"].value, tuple(f["parts"].value), batch=f["batch"].value,
+                     attention_impl=f["attention_impl"].value, hbm_gib=f["hbm_gib"].value,
+                     sampler_batch=f["sampler_batch"].value, sampler_cfg=f["sampler_cfg"].value,
+                     sampler_dtype=f["sampler_dtype"].value,
+                     echo=(lambda t: print(t, file=sys.stderr)) if only_json else print)
+    except (ConfigError, TopologyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    text = json.dumps(report, default=_default, indent=1)
+    if only_json:
+        print(text)
+    elif f["json"].value:
+        with open(f["json"].value, "w") as fh:
+            fh.write(text)
+    if not report["fits"]:
+        what = [p for p in ("train", "sampler") if p in report and report[p]["fits"] is False]
+        need = {p: report[p]["memory"]["total"] if p == "train" else report[p]["peak_bytes"] for p in what}
+        print("error: does not fit: " + ", ".join(f"{p} needs {_g(need[p])} per chip" for p in what)
+              + f"; the chip has {_g(report[what[0]]['hbm_bytes'])}", file=sys.stderr)
+        sys.exit(3)
+
+
+def cli() -> None:
+    from infinity_jax import train as train_cli  # noqa: PLC0415 - defines --config (file.py:args) and its errors
+
+    f = _define_flags()
+    app.run(lambda argv: main(argv, train_cli._CONFIG, f), flags_parser=train_cli._parse_flags)
+
+
+if __name__ == "__main__":
+    cli()

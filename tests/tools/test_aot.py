@@ -1,0 +1,244 @@
+"""The ahead-of-time compile report (``infinity_jax.tools.aot``): TPU topologies compiled on the CPU.
+
+The compile tests need libtpu (``pip install -e '.[tpu]'``, which CI installs) and skip only when
+it is missing. The tiny configs keep each compile to tens of seconds.
+"""
+import importlib.util
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from infinity_jax.sharding import indivisible_params, make_mesh, state_shardings
+from infinity_jax.tools.hlo_stats import COLLECTIVES, hlo_stats
+from infinity_jax.tools.tpu import CHIPS, TopologyError, chip_for_device_kind, parse_topology
+from infinity_jax.training import state as st
+from infinity_jax.training.optimizer import make_optimizer
+from infinity_jax.transformer.config import InfinityConfig
+from infinity_jax.transformer.model import Infinity
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONFIG_FILE = ROOT / "configs" / "infinity.py"
+
+#: The attention implementation whose train-step temporaries must grow sub-quadratically.
+SUBQUADRATIC_ATTENTION = ("xla",)
+
+
+def needs_libtpu():
+    return pytest.importorskip("libtpu", reason="libtpu not installed (pip install -e '.[tpu]')")
+
+
+def load_config(arg: str = "size=tiny,runlocal=True", **overrides):
+    spec = importlib.util.spec_from_file_location("infinity_config", CONFIG_FILE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config(arg)
+    c.tokenizer.in_step = False  # features in the batch: the frozen encoder is not compiled (faster)
+    for key, value in overrides.items():
+        d = c
+        parts = key.split("__")
+        for p in parts[:-1]:
+            d = d[p]
+        d[parts[-1]] = value
+    return c
+
+
+def tpu_devices(name: str):
+    from infinity_jax.tools.tpu import topology_devices
+
+    needs_libtpu()
+    return topology_devices(parse_topology(name))
+
+
+# ------------------------------------------------------------------------------ no libtpu needed
+def test_topology_names():
+    t = parse_topology("v5p-128")
+    assert (t.chip.name, t.grid, t.chips, t.topology_name) == ("v5p", (4, 4, 4), 64, "v5p:4x4x4")
+    assert parse_topology("v5p:4x4x4").grid == (4, 4, 4)
+    assert parse_topology("v5p-8").grid == (2, 2, 1) and parse_topology("v5p-8").chips_per_host_bounds == (2, 2, 1)
+    assert parse_topology("v4-32").grid == (2, 2, 4)
+    assert parse_topology("v5e-16").grid == (4, 4) and parse_topology("v6e-8").grid == (2, 4)
+    assert parse_topology("v5e:1x1").chips_per_host_bounds == (1, 1, 1)
+    for bad in ("v7-8", "v5p-6", "v5p:4x4", "tpu"):
+        with pytest.raises(TopologyError):
+            parse_topology(bad)
+    assert chip_for_device_kind("TPU v5 lite") is CHIPS["v5e"] and chip_for_device_kind("TPU v5") is CHIPS["v5p"]
+    assert chip_for_device_kind("TPU v6 lite") is CHIPS["v6e"] and chip_for_device_kind("cpu") is None
+    assert (CHIPS["v5p"].peak_tflops, CHIPS["v5p"].hbm_gbps, CHIPS["v5p"].hbm_gib) == (459.0, 2765.0, 95.0)
+
+
+def test_hlo_stats_counts_loops_and_collectives():
+    """A hand-written module: a dot in a while body of 8 trips and an all-gather in the entry."""
+    text = """HloModule m
+
+%body (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %p = (s32[], f32[4,8]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[4,8] get-tuple-element(%p), index=1
+  %w = f32[8,8] constant({...})
+  %d = f32[4,8] dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  ROOT %t = (s32[], f32[4,8]) tuple(%i, %d)
+}
+
+%cond (p: (s32[], f32[4,8])) -> pred[] {
+  %p = (s32[], f32[4,8]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(8)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (a: f32[1,8]) -> (s32[], f32[4,8]) {
+  %a = f32[1,8] parameter(0)
+  %g = f32[4,8] all-gather(%a), replica_groups={{0,1,2,3}}, dimensions={0}
+  %z = s32[] constant(0)
+  %t = (s32[], f32[4,8]) tuple(%z, %g)
+  ROOT %w = (s32[], f32[4,8]) while(%t), condition=%cond, body=%body
+}
+"""
+    s = hlo_stats(text)
+    assert s.matmul_flops == 8 * 2 * 4 * 8 * 8
+    assert s.loops == [("body", 8)]
+    assert s.collectives["all-gather"] == {"count": 1, "executed": 1.0, "bytes": 128.0}
+    assert s.ici_bytes == pytest.approx(128 * 3 / 4)
+    assert set(s.collectives) == set(COLLECTIVES)
+
+
+def test_sharding_warns_and_lists_indivisible_params(caplog):
+    """embed 132 on fsdp=8: the 'embed' dimensions are replicated, with a warning naming each."""
+    cfg = InfinityConfig(depth=1, embed_dim=132, num_heads=3, text_channels=64, text_maxlen=8)
+    _, params, _ = nnx.split(nnx.eval_shape(lambda: Infinity(cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)
+    mesh = make_mesh({"fsdp": 8})
+    with caplog.at_level(logging.WARNING, logger="infinity_jax.sharding"):
+        sh = state_shardings(params, mesh)
+    found = indivisible_params(params, mesh)
+    assert found, "embed 132 is not divisible by 8"
+    for d in found:
+        assert d["mesh_axes"] == ("fsdp",) and d["mesh_size"] == 8 and d["shape"][d["dim"]] % 8
+    qkv = [d for d in found if d["param"].endswith("mat_qkv/kernel")]
+    assert qkv and qkv[0]["logical"] == "embed" and qkv[0]["shape"] == (132, 396)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("mat_qkv/kernel" in m and "(132, 396)" in m and "'embed'" in m and "fsdp" in m for m in msgs), msgs
+    assert len(msgs) == len(found)
+    specs = {"/".join(str(getattr(k, "key", k)) for k in path): v.get_value().spec
+             for path, v in nnx.to_flat_state(sh)}
+    for d in found:
+        assert specs[d["param"]][d["dim"]] is None
+
+
+def _md(mesh, cfg=None):
+    cfg = cfg or InfinityConfig(depth=2, embed_dim=128, num_heads=2, text_channels=64, text_maxlen=8)
+    return st.split_model(lambda: Infinity(cfg, rngs=nnx.Rngs(0)), mesh)
+
+
+def _tx():
+    import ml_collections
+
+    o = ml_collections.ConfigDict(dict(name="adamw", b1=0.9, b2=0.97, eps=1e-8, wd=0.005, clip=5.0))
+    return make_optimizer(o, lambda s: 1e-3)
+
+
+def test_opt_state_shardings_match_optax_on_devices():
+    """The shapes-only mapping equals optax's own ``tree_map_params`` on a real (CPU) mesh."""
+    md = _md(make_mesh({"fsdp": 8}))
+    tx = _tx()
+    ours = st.opt_state_shardings(tx, md)
+    abs_opt = jax.eval_shape(tx.init, md.abstract_params())
+    ref = optax.tree_map_params(tx, lambda _, s: s, abs_opt, md.shardings,
+                                transform_non_params=lambda _: st.replicated(md.mesh),
+                                is_leaf=lambda x: isinstance(x, NamedSharding))
+    assert jax.tree.structure(ours) == jax.tree.structure(ref)
+    assert all(a == b for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)))
+    assert any(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(ours))
+
+
+def test_opt_state_shardings_deviceless():
+    """On a mesh of compile-only TPU devices, under ``jax.set_mesh``: nothing is executed."""
+    devices = tpu_devices("v5p:2x2x1")
+    mesh = make_mesh({"fsdp": -1}, devices=devices)
+    md = _md(mesh)
+    tx = _tx()
+    with jax.set_mesh(mesh):
+        sh = st.train_state_shardings(tx, md, ema=True)
+        abstract = st.abstract_train_state(tx, md, ema=True)
+    mu = sh["opt_state"][1][0].mu  # chain(clip, adamw(chain(scale_by_adam, ...)))
+    assert jax.tree.leaves(mu) == jax.tree.leaves(md.shardings)
+    assert all(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree.leaves(abstract))
+    assert {d.platform for s in jax.tree.leaves(sh) for d in s.device_set} == {"tpu"}
+
+
+# ------------------------------------------------------------------------------ compiles (libtpu)
+@pytest.fixture(scope="module")
+def tiny_report():
+    from infinity_jax.tools import aot
+
+    needs_libtpu()
+    lines = []
+    return aot.run(load_config(), "v5p:2x2x1", ("train", "sampler"), batch=8, echo=lines.append), lines
+
+
+def test_report_fields(tiny_report):
+    r, lines = tiny_report
+    t, s = r["train"], r["sampler"]
+    assert r["topology"] == "v5p:2x2x1" and r["chips"] == 4 and r["fits"] is True
+    assert t["chip"] == "v5p" and t["hbm_bytes"] == 95 * 2 ** 30 and t["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert t["state_bytes"]["params"] > 0 and t["state_bytes"]["opt_state"] >= 2 * t["state_bytes"]["params"] * 0.99
+    m = t["memory"]
+    assert m["arguments"] > 0 and m["temporaries"] > 0 and m["total"] >= m["arguments"] + m["temporaries"]
+    assert t["fits"] is True and t["attention_impl"] == load_config().model.attention_impl
+    # matmul FLOPs with loops counted: at least the analytic model count, within a small factor
+    assert t["flops"]["model"] > 0 and t["flops"]["xla_cost_analysis"] > 0
+    assert t["flops"]["model"] <= t["flops"]["hlo_matmul"] <= 4 * t["flops"]["model"]
+    assert set(t["collectives"]) == set(COLLECTIVES)
+    assert t["collectives"]["all-gather"]["count"] > 0 and t["collectives"]["all-gather"]["bytes"] > 0
+    assert t["loops"] and all(n == load_config().model.depth for _, n in t["loops"])
+    rl = t["roofline"]
+    assert rl["time_s"] > 0 and 0 < rl["mfu"] <= 1 and rl["bound"] in ("compute", "hbm", "ici")
+    assert s["peak_bytes"] > s["param_bytes"] > 0 and s["kv_cache_bytes"] > 0 and s["fits"] is True
+    assert s["scales"] == len(s["per_scale"]) == 3 and s["guidance"] and s["estimate_seconds_per_image"] > 0
+    text = "\n".join(lines)
+    assert "ESTIMATE" in text and "95.00 GiB (v5p): fits" in text and "official Infinity-2B: 0.8 s" in text
+    json.dumps(r, default=str)  # the --json output
+
+
+def test_cli_exits_nonzero_when_it_does_not_fit(tmp_path):
+    needs_libtpu()
+    cmd = [sys.executable, "-m", "infinity_jax.tools.aot", f"--config={CONFIG_FILE}:size=tiny,runlocal=True",
+           "--config.tokenizer.in_step=False", "--topology=v5e:1x1", "--parts=train", "--hbm_gib=0.001",
+           f"--json={tmp_path / 'r.json'}"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 3, p.stderr[-3000:]
+    assert "error: does not fit: train needs" in p.stderr and "DOES NOT FIT" in p.stdout
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["fits"] is False and r["train"]["chip"] == "v5e" and r["train"]["hbm_bytes"] == 0.001 * 2 ** 30
+    bad = subprocess.run(cmd[:4] + ["--topology=v9-8"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "unknown TPU topology 'v9-8'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("impl", SUBQUADRATIC_ATTENTION)
+def test_train_step_temporaries_grow_subquadratically(impl):
+    """Train-step temporaries from 341 to 1365 tokens (4x): (B,H,L,L) attention scores would grow
+    them ~16x; an attention without L x L tensors keeps the growth well below quadratic."""
+    from infinity_jax.tools import aot
+
+    devices = tpu_devices("v5p:2x2x1")
+    temps = {}
+    for n in (5, 6):
+        sched = tuple((2 ** i, 2 ** i) for i in range(n))  # 1x1 ... 16x16 (341 tokens) / 32x32 (1365)
+        c = aot.compile_config(load_config(schedule=sched, model__num_heads=8), batch=4, attention_impl=impl)
+        r = aot.compile_train(c, devices)
+        assert r["attention_impl"] == impl
+        temps[r["tokens"]] = r["memory"]["temporaries"]
+    (l1, t1), (l2, t2) = sorted(temps.items())
+    exponent = np.log(t2 / t1) / np.log(l2 / l1)
+    assert exponent < 1.5, f"temporaries {t1} -> {t2} bytes for {l1} -> {l2} tokens: L^{exponent:.2f}"
