@@ -14,7 +14,8 @@ counted trip-count times, and XLA's own count, which counts a loop body once), t
 the HLO, and a roofline *estimate* of step time and MFU from the chip table in
 :mod:`infinity_jax.tools.tpu`. It exits with status 3 when the train step or the sampler does not fit.
 
-Host-only settings do not change the compiled program and are neutralised: the data source
+``attention_impl="auto"`` resolves by the backend of the host that compiles (``xla`` on a CPU
+machine); pass ``--attention_impl`` to compile another backend. Host-only settings do not change the compiled program and are neutralised: the data source
 (``synthetic``), the text source (``random``: same (B, T, C) features) and checkpoints (the
 tokenizer's architecture comes from ``config.tokenizer``, not from a checkpoint file).
 """
@@ -37,6 +38,7 @@ from infinity_jax.data.bucketing import make_buckets
 from infinity_jax.sharding import indivisible_params, make_mesh
 from infinity_jax.tools.hlo_stats import COLLECTIVES, hlo_stats
 from infinity_jax.tools.tpu import ChipSpec, TopologyError, chip_for_device_kind, parse_topology, topology_devices
+from infinity_jax.transformer.attention import resolve as resolve_attention
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,8 @@ def train_report(trainer, bucket_id: int, compiled, *, chip: ChipSpec | None = N
         rl["mfu"] = model_flops / rl["time_s"] / (chip.peak_tflops * 1e12) if rl["time_s"] else None
     return {
         "program": "train_step", "size": str(trainer.config.size), "pn": str(trainer.config.pn),
-        "attention_impl": trainer.mcfg.attention_impl, "dtype": trainer.mcfg.dtype,
+        "attention_impl": trainer.mcfg.attention_impl, "attention_backend": resolve_attention(trainer.mcfg.attention_impl),
+        "dtype": trainer.mcfg.dtype,
         "template": bucket.h_div_w, "tokens": bucket.seq_len, "pixels": list(bucket.pixel),
         "global_batch": trainer.global_batch, "mesh": {k: int(v) for k, v in trainer.mesh.shape.items()},
         "chips": n, "device_kind": device.device_kind, "chip": chip.name if chip else None, "hbm_bytes": hbm,
@@ -219,6 +222,7 @@ def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: 
     est = sum(p["roofline"]["time_s"] for p in per_scale) if chip else None
     return {
         "program": "sampler", "size": str(config.size), "pn": str(config.pn), "attention_impl": mcfg.attention_impl,
+        "attention_backend": resolve_attention(mcfg.attention_impl),
         "dtype": mcfg.dtype, "batch": batch, "guidance": use_cfg, "template": h_div_w, "tokens": L, "scales": len(scales),
         "chips": 1, "device_kind": device.device_kind, "chip": chip.name if chip else None, "hbm_bytes": hbm,
         "param_bytes": _shard_bytes(state), "kv_cache_bytes": _shard_bytes(caches),
@@ -234,13 +238,18 @@ def _g(b) -> str:
     return f"{b / GIB:.2f} GiB" if abs(b) >= GIB / 10 else f"{b / 2 ** 20:.1f} MiB"
 
 
+def _attn(r: dict) -> str:
+    impl, backend = r["attention_impl"], r.get("attention_backend", r["attention_impl"])
+    return impl if impl == backend else f"{impl} -> {backend} (resolved on this host's backend)"
+
+
 def format_train_report(r: dict) -> str:
     m, s, f = r["memory"], r["state_bytes"], r["flops"]
     hbm = f"{_g(r['hbm_bytes'])} ({r['chip']})" if r["hbm_bytes"] else "unknown HBM"
     fit = {True: "fits", False: "DOES NOT FIT", None: "fit unknown"}[r["fits"]]
     lines = [
         f"train step, Infinity-{r['size']} pn={r['pn']} (template h/w {r['template']}, {r['tokens']} tokens, "
-        f"{r['pixels'][0]}x{r['pixels'][1]} px), global batch {r['global_batch']}, attention {r['attention_impl']}, "
+        f"{r['pixels'][0]}x{r['pixels'][1]} px), global batch {r['global_batch']}, attention {_attn(r)}, "
         f"{r['dtype']}; mesh {r['mesh']} on {r['chips']} x {r['device_kind']}",
         f"  per chip: parameters {_g(s.get('params', 0))} + optimizer {_g(s.get('opt_state', 0))}"
         + (f" + EMA {_g(s['ema'])}" if "ema" in s else "")
@@ -277,7 +286,7 @@ def format_sampler_report(r: dict) -> str:
     worst = max(r["per_scale"], key=lambda p: p["memory"]["total"])
     lines = [
         f"sampler, Infinity-{r['size']} pn={r['pn']} ({r['scales']} scales, {r['tokens']} tokens), batch {r['batch']}"
-        f"{' + guidance' if r['guidance'] else ''}, {r['dtype']}, attention {r['attention_impl']}; one {r['device_kind']}",
+        f"{' + guidance' if r['guidance'] else ''}, {r['dtype']}, attention {_attn(r)}; one {r['device_kind']}",
         f"  parameters {_g(r['param_bytes'])}, KV cache {_g(r['kv_cache_bytes'])}; peak per scale program "
         f"(arguments + temporaries + outputs + code) {_g(r['peak_bytes'])} at scale {worst['scale']} "
         f"{worst['grid'][0]}x{worst['grid'][1]}, of {hbm}: {fit}",
