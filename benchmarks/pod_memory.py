@@ -71,7 +71,8 @@ def sampler_row(r: dict, label: str) -> str:
     est = s["estimate_seconds_per_image"]
     return (f"| {label} | {s['param_bytes'] / GIB:.2f} | {s['kv_cache_bytes'] / GIB:.2f} | "
             f"{s['peak_bytes'] / GIB:.2f} / {s['hbm_bytes'] / GIB:.0f} | "
-            f"{'yes' if s['fits'] else 'NO'}; {est:.3g} s/image (H100 official: {s['official_h100_seconds_per_image']} s) | "
+            f"{'yes' if s['fits'] else 'NO'}; {est:.3g} s/image "
+            f"(H100 official: {s['official_h100_seconds_per_image']} s) | "
             f"{s['compile_seconds']:.0f} |")
 
 

@@ -15,9 +15,10 @@ the HLO, and a roofline *estimate* of step time and MFU from the chip table in
 :mod:`infinity_jax.tools.tpu`. It exits with status 3 when the train step or the sampler does not fit.
 
 ``attention_impl="auto"`` resolves by the backend of the host that compiles (``xla`` on a CPU
-machine); pass ``--attention_impl`` to compile another backend. Host-only settings do not change the compiled program and are neutralised: the data source
-(``synthetic``), the text source (``random``: same (B, T, C) features) and checkpoints (the
-tokenizer's architecture comes from ``config.tokenizer``, not from a checkpoint file).
+machine); pass ``--attention_impl`` to compile another backend. Host-only settings do not change
+the compiled program and are neutralised: the data source (``synthetic``), the text source
+(``random``: same (B, T, C) features) and checkpoints (the tokenizer's architecture comes from
+``config.tokenizer``, not from a checkpoint file).
 """
 from __future__ import annotations
 
@@ -131,8 +132,8 @@ def train_report(trainer, bucket_id: int, compiled, *, chip: ChipSpec | None = N
         rl["mfu"] = model_flops / rl["time_s"] / (chip.peak_tflops * 1e12) if rl["time_s"] else None
     return {
         "program": "train_step", "size": str(trainer.config.size), "pn": str(trainer.config.pn),
-        "attention_impl": trainer.mcfg.attention_impl, "attention_backend": resolve_attention(trainer.mcfg.attention_impl),
-        "dtype": trainer.mcfg.dtype,
+        "attention_impl": trainer.mcfg.attention_impl,
+        "attention_backend": resolve_attention(trainer.mcfg.attention_impl), "dtype": trainer.mcfg.dtype,
         "template": bucket.h_div_w, "tokens": bucket.seq_len, "pixels": list(bucket.pixel),
         "global_batch": trainer.global_batch, "mesh": {k: int(v) for k, v in trainer.mesh.shape.items()},
         "chips": n, "device_kind": device.device_kind, "chip": chip.name if chip else None, "hbm_bytes": hbm,
@@ -167,8 +168,9 @@ def compile_train(config, devices, *, chip: ChipSpec | None = None, hbm_gib: flo
 def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: str | None = None,
                     chip: ChipSpec | None = None, hbm_gib: float | None = None, h_div_w: float = 1.0) -> dict:
     """Compile the sampler's per-scale programs on one chip for ``batch`` images (guidance on
-    unless ``cfg == 1``) at ``config.pn``, template ``h_div_w`` (or ``config.schedule``); parameters as the pipeline holds
-    them (float32), compute and KV cache in ``dtype`` (default ``config.model.dtype``)."""
+    unless ``cfg == 1``) at ``config.pn``, template ``h_div_w`` (or ``config.schedule``); parameters
+    as the pipeline holds them (float32), compute and KV cache in ``dtype`` (default
+    ``config.model.dtype``)."""
     from infinity_jax.sampling.sampler import Sampler  # noqa: PLC0415
     from infinity_jax.training.trainer import model_config, vae_config  # noqa: PLC0415
     from infinity_jax.transformer.model import Infinity  # noqa: PLC0415
@@ -223,7 +225,8 @@ def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: 
     return {
         "program": "sampler", "size": str(config.size), "pn": str(config.pn), "attention_impl": mcfg.attention_impl,
         "attention_backend": resolve_attention(mcfg.attention_impl),
-        "dtype": mcfg.dtype, "batch": batch, "guidance": use_cfg, "template": h_div_w, "tokens": L, "scales": len(scales),
+        "dtype": mcfg.dtype, "batch": batch, "guidance": use_cfg, "template": h_div_w, "tokens": L,
+        "scales": len(scales),
         "chips": 1, "device_kind": device.device_kind, "chip": chip.name if chip else None, "hbm_bytes": hbm,
         "param_bytes": _shard_bytes(state), "kv_cache_bytes": _shard_bytes(caches),
         "peak_bytes": peak, "fits": (peak <= hbm) if hbm else None, "per_scale": per_scale,
@@ -263,9 +266,9 @@ def format_train_report(r: dict) -> str:
     rl = r["roofline"]
     if rl:
         mfu = f"{100 * rl['mfu']:.1f} %" if rl.get("mfu") is not None else "n/a"
-        lines.append(f"  roofline ESTIMATE (not a measurement): {rl['time_s'] * 1e3:.1f} ms per step ({rl['bound']} bound; "
-                     f"compute {rl['compute_s'] * 1e3:.1f} ms, HBM {rl['hbm_s'] * 1e3:.1f} ms, ICI "
-                     f"{rl['ici_s'] * 1e3:.1f} ms), MFU <= {mfu}")
+        lines.append(f"  roofline ESTIMATE (not a measurement): {rl['time_s'] * 1e3:.3g} ms per step "
+                     f"({rl['bound']} bound; compute {rl['compute_s'] * 1e3:.3g} ms, HBM {rl['hbm_s'] * 1e3:.3g} ms, "
+                     f"ICI {rl['ici_s'] * 1e3:.3g} ms), MFU <= {mfu}")
     for d in r["indivisible_params"]:
         lines.append(f"  replicated (not divisible): {d['param']} {tuple(d['shape'])} dim {d['dim']} "
                      f"({d['logical']!r} on {'x'.join(d['mesh_axes'])}={d['mesh_size']})")

@@ -206,12 +206,18 @@ def _matmul_flops(ins: _Instr, shapes: dict) -> float:
     if not m or len(m.group(1)) != len(rhs):
         return 0.0
     labels = m.group(1)
-    # per output element: input features x the window taps that meet real (not dilation-hole) inputs
+    lhs_labels = re.search(r"dim_labels=([^_]*)_", ins.line).group(1)
+    lhs = _dims(shapes[ops[0]])
+    # per output element: input features x the window taps that meet real inputs (XLA on TPU also
+    # writes batched matmuls as convolutions whose window runs over padding or dilation holes)
     size = re.search(r"window=\{[^}]*size=([0-9x]+)", ins.line)
     dil = re.search(r"window=\{[^}]*lhs_dilate=([0-9x]+)", ins.line)
-    sizes = [int(v) for v in size.group(1).split("x")] if size else [1]
+    sizes = [int(v) for v in size.group(1).split("x")] if size else []
     dils = [int(v) for v in dil.group(1).split("x")] if dil else [1] * len(sizes)
-    taps = float(np.prod([-(-s // d) for s, d in zip(sizes, dils)]))
+    taps = 1.0
+    for d, (w, dl) in enumerate(zip(sizes, dils)):
+        real = lhs[lhs_labels.index(str(d))] if str(d) in lhs_labels and len(lhs) == len(lhs_labels) else w
+        taps *= min(-(-w // dl), real)
     return 2.0 * float(np.prod(out)) * rhs[labels.index("i")] * taps
 
 
