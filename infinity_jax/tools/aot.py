@@ -36,6 +36,7 @@ from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
 from infinity_jax.data.bucketing import make_buckets
+from infinity_jax.schedules import tokenizer_schedule
 from infinity_jax.sharding import indivisible_params, make_mesh
 from infinity_jax.tools.hlo_stats import COLLECTIVES, hlo_stats
 from infinity_jax.tools.tpu import ChipSpec, TopologyError, chip_for_device_kind, parse_topology, topology_devices
@@ -174,7 +175,6 @@ def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: 
     from infinity_jax.sampling.sampler import Sampler  # noqa: PLC0415
     from infinity_jax.training.trainer import model_config, vae_config  # noqa: PLC0415
     from infinity_jax.transformer.model import Infinity  # noqa: PLC0415
-    from infinity_jax.transformer.self_correction import vae_schedule  # noqa: PLC0415
 
     mcfg = model_config(config)
     mcfg = mcfg.replace(dtype=str(dtype or mcfg.dtype))
@@ -203,7 +203,7 @@ def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: 
     BB = 2 * batch if use_cfg else batch
     caches = tuple((sds((BB, L, mcfg.num_heads, mcfg.head_dim), sampler.cache_dtype),) * 2
                    for _ in range(mcfg.depth))
-    vs = vae_schedule(scales, mcfg.apply_spatial_patchify)
+    vs = tokenizer_schedule(scales, mcfg.apply_spatial_patchify)
     summed = sds((batch, vs[-1][1], vs[-1][2], mcfg.codebook_dim), jnp.float32)
     f32 = sds((), jnp.float32)
     rule = (sds((), jnp.int32), f32, sds((), jnp.bool_))

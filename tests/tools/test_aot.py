@@ -135,9 +135,9 @@ def test_sharding_warns_and_lists_indivisible_params(caplog):
     for d in found:
         assert d["mesh_axes"] == ("fsdp",) and d["mesh_size"] == 8 and d["shape"][d["dim"]] % 8
     qkv = [d for d in found if d["param"].endswith("mat_qkv/kernel")]
-    assert qkv and qkv[0]["logical"] == "embed" and qkv[0]["shape"] == (132, 396)
+    assert qkv and qkv[0]["logical"] == "embed" and qkv[0]["shape"] == (132, 3, 132)
     msgs = [r.getMessage() for r in caplog.records]
-    assert any("mat_qkv/kernel" in m and "(132, 396)" in m and "'embed'" in m and "fsdp" in m for m in msgs), msgs
+    assert any("mat_qkv/kernel" in m and "(132, 3, 132)" in m and "'embed'" in m and "fsdp" in m for m in msgs), msgs
     assert len(msgs) == len(found)
     specs = {"/".join(str(getattr(k, "key", k)) for k in path): v.get_value().spec
              for path, v in nnx.to_flat_state(sh)}
