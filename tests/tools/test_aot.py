@@ -238,8 +238,9 @@ def test_cli_exits_nonzero_when_it_does_not_fit(tmp_path):
 
 @pytest.mark.parametrize("impl", SUBQUADRATIC_ATTENTION)
 def test_train_step_temporaries_grow_subquadratically(impl):
-    """Train-step temporaries from 341 to 1365 tokens (4x): (B,H,L,L) attention scores would grow
-    them ~16x; an attention without L x L tensors keeps the growth well below quadratic."""
+    """Train-step temporaries from 341 to 1365 tokens (4x): (B,H,L,L) attention scores grow them
+    faster than L (measured: L^1.43 with ``reference``); without L x L tensors the growth is about
+    linear (L^0.97 with ``xla``)."""
     from infinity_jax.tools import aot
 
     devices = tpu_devices("v5p:2x2x1")
@@ -252,4 +253,4 @@ def test_train_step_temporaries_grow_subquadratically(impl):
         temps[r["tokens"]] = r["memory"]["temporaries"]
     (l1, t1), (l2, t2) = sorted(temps.items())
     exponent = np.log(t2 / t1) / np.log(l2 / l1)
-    assert exponent < 1.5, f"temporaries {t1} -> {t2} bytes for {l1} -> {l2} tokens: L^{exponent:.2f}"
+    assert exponent < 1.2, f"temporaries {t1} -> {t2} bytes for {l1} -> {l2} tokens: L^{exponent:.2f}"
