@@ -39,12 +39,12 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
 from infinity_jax.sharding import logical_to_spec
-from infinity_jax.transformer.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
+from infinity_jax.transformer.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS, InfinityConfig
 
 #: Implementations that run on a CPU (``splash`` in Pallas interpret mode).
 CPU_IMPLEMENTATIONS = ("reference", "xla", "dot_product", "splash")
 #: Default number of queries per chunk of the ``xla`` backend.
-DEFAULT_Q_CHUNK = 1024
+DEFAULT_Q_CHUNK = InfinityConfig.attention_q_chunk
 _NEG = -1e30
 
 
