@@ -6,8 +6,8 @@
 
 Each row runs ``python -m infinity_jax.tools.aot`` in its own subprocess (needs libtpu:
 ``pip install -e '.[tpu]'``; no TPU): the train step (optimizer included) of a size at a resolution
-on a slice, for the slices in ``--topologies`` from the smallest up to the first on which it fits
-(``--all_topologies``: every one). Then the sampler rows: Infinity-2B at 1M, batch 1 + guidance,
+on a slice, one image per chip (``--per_chip``), for the slices in ``--topologies`` from the
+smallest up to the first on which it fits (``--all_topologies``: every one). Then the sampler rows: Infinity-2B at 1M, batch 1 + guidance,
 bf16, one v5p chip; and the notebook's default (Infinity-2B, 1M, its 4 prompts + guidance, bf16)
 on one v5e chip (a Colab TPU). Times are roofline ESTIMATES, never measurements. Prints a progress
 line per row with its compile time, then a Markdown table.
@@ -21,6 +21,8 @@ import pathlib
 import subprocess
 import sys
 import time
+
+from infinity_jax.tools.tpu import parse_topology
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "infinity.py")
@@ -83,11 +85,13 @@ def main() -> None:
     ap.add_argument("--topologies", default="v5p-128,v5p-256,v5p-512", help="v5p slices: 64, 128, 256 chips")
     ap.add_argument("--all_topologies", action="store_true", help="every slice, not only up to the first that fits")
     ap.add_argument("--rows", default="", help="explicit train rows size:pn:topology,... instead of the grid")
-    ap.add_argument("--batch", type=int, default=256, help="global train batch")
+    ap.add_argument("--batch", type=int, default=0, help="global train batch (default: --per_chip x chips)")
+    ap.add_argument("--per_chip", type=int, default=1, help="images per chip when --batch is not given")
     ap.add_argument("--attention_impl", default=None, help="config.model.attention_impl for every row")
     ap.add_argument("--no_sampler", action="store_true", help="skip the sampler rows")
     ap.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per row")
-    ap.add_argument("--out", default="", help="also write every report to this JSON file")
+    ap.add_argument("--out", default="", help="also write every report to this JSON file (after every row)")
+    ap.add_argument("--resume", action="store_true", help="reuse the rows already compiled in --out")
     a = ap.parse_args()
 
     if a.rows:
@@ -95,15 +99,27 @@ def main() -> None:
         grid = [(s, p, [t]) for s, p, t in jobs]
     else:
         grid = [(s, p, a.topologies.split(",")) for s in a.sizes.split(",") for p in a.pns.split(",")]
-    kw = dict(batch=a.batch, attention_impl=a.attention_impl, timeout=a.timeout)
+    kw = dict(attention_impl=a.attention_impl, timeout=a.timeout)
+    done = {}
+    if a.out and a.resume and pathlib.Path(a.out).exists():
+        for r in json.loads(pathlib.Path(a.out).read_text()):
+            if r.get("status") == "ok":
+                done[(r.get("label", "train"), r["size"], r["pn"], r["topology"])] = r
     results, lines = [], []
     n_done = 0
+
+    def save() -> None:  # after every row: a crash or a timeout loses nothing already compiled
+        if a.out:
+            pathlib.Path(a.out).write_text(json.dumps(results, indent=1))
+
     for size, pn, tops in grid:
         for topo in tops:
             n_done += 1
             print(f"[{n_done}] train {size} pn={pn} on {topo} ...", file=sys.stderr, flush=True)
-            r = run_aot(size, pn, topo, parts="train", extra=[], **kw)
-            results.append({"size": size, "pn": pn, "topology": topo, **r})
+            batch = a.batch or a.per_chip * parse_topology(topo).chips
+            r = done.get(("train", size, pn, topo)) or run_aot(size, pn, topo, parts="train", batch=batch, extra=[], **kw)
+            results.append({**r, "size": size, "pn": pn, "topology": topo})
+            save()
             lines.append(train_row(r, size, pn, topo))
             fits = r.get("train", {}).get("fits")
             print(f"    {r['status']}, fits={fits}, {r['wall_s']:.0f} s", file=sys.stderr, flush=True)
@@ -118,8 +134,10 @@ def main() -> None:
                  ["--sampler_batch=4", "--sampler_cfg=3", "--sampler_dtype=bfloat16"])):
             n_done += 1
             print(f"[{n_done}] sampler {label} ...", file=sys.stderr, flush=True)
-            r = run_aot(size, pn, topo, parts="sampler", extra=extra, **kw)
-            results.append({"size": size, "pn": pn, "topology": topo, "label": label, **r})
+            r = done.get((label, size, pn, topo)) or run_aot(size, pn, topo, parts="sampler", batch=None, extra=extra,
+                                                             **kw)
+            results.append({**r, "size": size, "pn": pn, "topology": topo, "label": label})
+            save()
             sampler_lines.append(sampler_row(r, label))
             print(f"    {r['status']}, {r['wall_s']:.0f} s", file=sys.stderr, flush=True)
     print(f"attention_impl: {a.attention_impl or 'config default'}; per chip; times are roofline ESTIMATES\n")
@@ -131,8 +149,6 @@ def main() -> None:
         print("\n| sampler | params GiB | KV cache GiB | peak / HBM GiB | fits; estimate | compile s |")
         print("|---|---:|---:|---:|---|---:|")
         print("\n".join(sampler_lines))
-    if a.out:
-        pathlib.Path(a.out).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

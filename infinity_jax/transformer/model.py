@@ -85,6 +85,33 @@ def l2norm(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True)), eps)
 
 
+def _materialized(g: jax.Array) -> jax.Array:
+    # An identity XLA:CPU cannot fuse through: a conditional's operand is always a buffer.
+    return jax.lax.cond(jnp.isfinite(g.reshape(-1)[0]), lambda t: t, lambda t: t + 0, g)
+
+
+@jax.custom_vjp
+def residual_boundary(x: jax.Array) -> jax.Array:
+    """Identity on the residual stream (B,L,C) whose cotangent is materialised on the CPU.
+
+    Without it XLA:CPU fuses the backward's residual-gradient sum through every later block into
+    each consumer and recomputes it there: time quadratic in depth (layer12: 6 of 15 s per step,
+    see benchmarks/README.md). Other backends (and scanned blocks) keep the plain identity.
+    """
+    return x
+
+
+def _boundary_fwd(x):
+    return x, None
+
+
+def _boundary_bwd(_, g):
+    return (jax.lax.platform_dependent(g, cpu=_materialized, default=lambda t: t),)
+
+
+residual_boundary.defvjp(_boundary_fwd, _boundary_bwd)
+
+
 def remat_policy(name: str):
     """What a rematerialised block keeps for its backward pass.
 
@@ -354,7 +381,7 @@ class Infinity(nnx.Module):
 
             if cfg.remat:
                 fn = nnx.remat(fn, prevent_cse=False, policy=remat_policy(cfg.remat_policy))
-            x = fn(blk, x, keep(i, keys[i]) if use_dp else None)
+            x = fn(blk, residual_boundary(x) if i else x, keep(i, keys[i]) if use_dp else None)
             if collect:
                 outs.append(x)
         return x, outs
