@@ -321,6 +321,12 @@ def comparison_table(title: str, rows: list[dict], ours: dict, cols) -> list[str
     return lines
 
 
+def ratios(rows: list[dict], ours: dict, cols) -> dict:
+    """{row key: {column: official / ours}} where both are known."""
+    return {r["key"]: {k: r[k] / ours[r["key"]][k] for k, _ in cols
+                       if r.get(k) is not None and ours.get(r["key"], {}).get(k)} for r in rows}
+
+
 def machine() -> str:
     model = platform.processor() or "unknown CPU"
     try:
@@ -342,6 +348,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", help="write every figure (official, ours, ratios) to this file")
     args = ap.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines as they come, also into a file
     sections = [s.strip() for s in args.rows.split(",") if s.strip()]
     bad = sorted(set(sections) - {"sampling", "train"})
     if bad or args.repeats < 1:
@@ -349,18 +356,20 @@ def main(argv=None):
     try:
         official = read_official()
         check_fixture()
-        for c in args.configs.split(","):
-            train_model_config(c.strip()) if "train" in sections else None
+        if "train" in sections:
+            for c in args.configs.split(","):
+                train_model_config(c.strip())
     except (SetupError, ValueError) as e:
         sys.exit(f"error: {e}")
 
-    report = {"machine": machine(), "repeats": args.repeats, "official": official, "ours": {}}
+    report = {"machine": machine(), "repeats": args.repeats, "official": official, "ours": {}, "ratio": {}}
     lines = []
     if "sampling" in sections:
         sizes = {s.strip() for s in args.sizes.split(",")}
         rows = [r for r in official["sampling"] if r["pn"] in sizes]
         ours = measure_sampling(rows, args.repeats)
         report["ours"]["sampling"] = ours
+        report["ratio"]["sampling"] = ratios(rows, ours, SAMPLING_COLS)
         lines += ["", "Sampling (official-tiny, CFG 4, tau 0.5, top-k 900, top-p 0.97, fp32), seconds:", ""]
         lines += comparison_table("sampling", rows, ours, SAMPLING_COLS)
         lines += ["", "compile (first call, AR + decode): " + ", ".join(
@@ -375,6 +384,7 @@ def main(argv=None):
             print(f"train {r['key']} ({m['params_m']:.1f} M parameters): model step {m['model_step_s']:.3f} s, "
                   f"total {m['total_s']:.3f} s, peak RSS {m['peak_rss_mb']:.0f} MB")
         report["ours"]["train"] = ours
+        report["ratio"]["train"] = ratios(rows, ours, TRAIN_COLS)
         lines += ["", f"Training step, 256² B={TRAIN_BATCH}, seconds (backward = fwd+bwd minus forward+loss; "
                   "a: official-tiny, b: depth 4/256/4 heads, c: layer12 with 12 heads of 64; drop-path off):", ""]
         lines += comparison_table("config", rows, ours, TRAIN_COLS)
