@@ -108,9 +108,14 @@ def main() -> None:
     results, lines = [], []
     n_done = 0
 
+    def key(r: dict) -> tuple:
+        return r.get("label", "train"), r["size"], r["pn"], r["topology"]
+
     def save() -> None:  # after every row: a crash or a timeout loses nothing already compiled
-        if a.out:
-            pathlib.Path(a.out).write_text(json.dumps(results, indent=1))
+        if a.out:  # rows of this run, then the earlier ok rows this run has not reached (or does not list)
+            seen = {key(r) for r in results}
+            kept = [r for k, r in done.items() if k not in seen]
+            pathlib.Path(a.out).write_text(json.dumps(results + kept, indent=1))
 
     for size, pn, tops in grid:
         for topo in tops:
