@@ -7,9 +7,9 @@
 Each row runs ``python -m infinity_jax.tools.aot`` in its own subprocess (needs libtpu:
 ``pip install -e '.[tpu]'``; no TPU): the train step (optimizer included) of a size at a resolution
 on a slice, one image per chip (``--per_chip``), for the slices in ``--topologies`` from the
-smallest up to the first on which it fits (``--all_topologies``: every one). Then the sampler rows: Infinity-2B at 1M, batch 1 + guidance,
-bf16, one v5p chip; and the notebook's default (Infinity-2B, 1M, its 4 prompts + guidance, bf16)
-on one v5e chip (a Colab TPU). Times are roofline ESTIMATES, never measurements. Prints a progress
+smallest up to the first on which it fits (``--all_topologies``: every one). Then the sampler rows:
+Infinity-2B at 1M, batch 1 + guidance, bf16, one v5p chip; and the notebook's default (Infinity-2B,
+1M, its 4 prompts + guidance, bf16) on one v5e chip (a Colab TPU). Times are roofline ESTIMATES, never measurements. Prints a progress
 line per row with its compile time, then a Markdown table.
 """
 from __future__ import annotations
@@ -100,16 +100,15 @@ def main() -> None:
     else:
         grid = [(s, p, a.topologies.split(",")) for s in a.sizes.split(",") for p in a.pns.split(",")]
     kw = dict(attention_impl=a.attention_impl, timeout=a.timeout)
-    done = {}
-    if a.out and a.resume and pathlib.Path(a.out).exists():
-        for r in json.loads(pathlib.Path(a.out).read_text()):
-            if r.get("status") == "ok":
-                done[(r.get("label", "train"), r["size"], r["pn"], r["topology"])] = r
-    results, lines = [], []
-    n_done = 0
 
     def key(r: dict) -> tuple:
         return r.get("label", "train"), r["size"], r["pn"], r["topology"]
+
+    done = {}
+    if a.out and a.resume and pathlib.Path(a.out).exists():
+        done = {key(r): r for r in json.loads(pathlib.Path(a.out).read_text()) if r.get("status") == "ok"}
+    results, lines = [], []
+    n_done = 0
 
     def save() -> None:  # after every row: a crash or a timeout loses nothing already compiled
         if a.out:  # rows of this run, then the earlier ok rows this run has not reached (or does not list)
@@ -122,7 +121,8 @@ def main() -> None:
             n_done += 1
             print(f"[{n_done}] train {size} pn={pn} on {topo} ...", file=sys.stderr, flush=True)
             batch = a.batch or a.per_chip * parse_topology(topo).chips
-            r = done.get(("train", size, pn, topo)) or run_aot(size, pn, topo, parts="train", batch=batch, extra=[], **kw)
+            r = (done.get(("train", size, pn, topo))
+                 or run_aot(size, pn, topo, parts="train", batch=batch, extra=[], **kw))
             results.append({**r, "size": size, "pn": pn, "topology": topo})
             save()
             lines.append(train_row(r, size, pn, topo))
@@ -139,8 +139,8 @@ def main() -> None:
                  ["--sampler_batch=4", "--sampler_cfg=3", "--sampler_dtype=bfloat16"])):
             n_done += 1
             print(f"[{n_done}] sampler {label} ...", file=sys.stderr, flush=True)
-            r = done.get((label, size, pn, topo)) or run_aot(size, pn, topo, parts="sampler", batch=None, extra=extra,
-                                                             **kw)
+            r = (done.get((label, size, pn, topo))
+                 or run_aot(size, pn, topo, parts="sampler", batch=None, extra=extra, **kw))
             results.append({**r, "size": size, "pn": pn, "topology": topo, "label": label})
             save()
             sampler_lines.append(sampler_row(r, label))
