@@ -14,8 +14,8 @@ counted trip-count times, and XLA's own count, which counts a loop body once), t
 the HLO, and a roofline *estimate* of step time and MFU from the chip table in
 :mod:`infinity_jax.tools.tpu`. It exits with status 3 when the train step or the sampler does not fit.
 
-``attention_impl="auto"`` resolves by the backend of the host that compiles (``xla`` on a CPU
-machine); pass ``--attention_impl`` to compile another backend. Host-only settings do not change
+``attention_impl="auto"`` resolves for the target, as it will on the slice itself (``splash`` on
+TPU), not for the host that compiles; pass ``--attention_impl`` to compile another backend. Host-only settings do not change
 the compiled program and are neutralised: the data source (``synthetic``), the text source
 (``random``: same (B, T, C) features) and checkpoints (the tokenizer's architecture comes from
 ``config.tokenizer``, not from a checkpoint file).
@@ -50,8 +50,10 @@ GIB = 2 ** 30
 
 
 # ------------------------------------------------------------------------------------ helpers
-def compile_config(config, *, batch: int | None = None, attention_impl: str | None = None):
-    """A copy of ``config`` with its host-only inputs neutralised (see the module docstring)."""
+def compile_config(config, *, batch: int | None = None, attention_impl: str | None = None,
+                   platform: str = "tpu"):
+    """A copy of ``config`` with its host-only inputs neutralised (see the module docstring) and
+    ``attention_impl="auto"`` resolved for the target ``platform``."""
     c = config.copy_and_resolve_references()
     with c.unlocked():
         c.data.source, c.data.path = "synthetic", ""
@@ -62,6 +64,7 @@ def compile_config(config, *, batch: int | None = None, attention_impl: str | No
             c.batch_size = int(batch)
         if attention_impl:
             c.model.attention_impl = attention_impl
+        c.model.attention_impl = resolve_attention(str(c.model.attention_impl), platform)
     return c
 
 
@@ -117,7 +120,7 @@ def _program_stats(compiled) -> dict:
 def train_report(trainer, bucket_id: int, compiled, *, chip: ChipSpec | None = None,
                  hbm_gib: float | None = None, compile_seconds: float | None = None) -> dict:
     """The per-chip report of a compiled train step (``Trainer.jitted_step(bucket_id)``, compiled)."""
-    from infinity_jax.transformer.flops import train_flops  # noqa: PLC0415
+    from infinity_jax.transformer.flops import self_attention_flops, train_flops  # noqa: PLC0415
 
     device = trainer.mesh.devices.flat[0]
     chip = chip or chip_for_device_kind(device.device_kind)
@@ -127,14 +130,21 @@ def train_report(trainer, bucket_id: int, compiled, *, chip: ChipSpec | None = N
     ps = _program_stats(compiled)
     abstract = trainer.abstract_state()
     state = {k: _shard_bytes(v) for k, v in abstract.items() if k != "step"}
-    model_flops = train_flops(trainer.mcfg, bucket.scales, trainer.text_len) * trainer.global_batch / n
-    rl = roofline(ps["flops"]["hlo_matmul"], ps["hbm_traffic_bytes"], ps["ici_bytes"], chip)
+    per_chip = trainer.global_batch / n
+    model_flops = train_flops(trainer.mcfg, bucket.scales, trainer.text_len) * per_chip
+    backend = resolve_attention(trainer.mcfg.attention_impl)
+    # a Pallas kernel's FLOPs are invisible to the HLO count: the self-attention forward, again
+    # under remat, and its backward (2x), from the analytic count
+    passes = (4 if trainer.mcfg.remat else 3) if backend == "splash" else 0
+    kernel = passes * self_attention_flops(trainer.mcfg, bucket.scales) * per_chip
+    ps["flops"]["pallas_kernels_analytic"] = kernel
+    rl = roofline(ps["flops"]["hlo_matmul"] + kernel, ps["hbm_traffic_bytes"], ps["ici_bytes"], chip)
     if rl:
         rl["mfu"] = model_flops / rl["time_s"] / (chip.peak_tflops * 1e12) if rl["time_s"] else None
     return {
         "program": "train_step", "size": str(trainer.config.size), "pn": str(trainer.config.pn),
         "attention_impl": trainer.mcfg.attention_impl,
-        "attention_backend": resolve_attention(trainer.mcfg.attention_impl), "dtype": trainer.mcfg.dtype,
+        "attention_backend": backend, "dtype": trainer.mcfg.dtype,
         "template": bucket.h_div_w, "tokens": bucket.seq_len, "pixels": list(bucket.pixel),
         "global_batch": trainer.global_batch, "mesh": {k: int(v) for k, v in trainer.mesh.shape.items()},
         "chips": n, "device_kind": device.device_kind, "chip": chip.name if chip else None, "hbm_bytes": hbm,
@@ -243,7 +253,7 @@ def _g(b) -> str:
 
 def _attn(r: dict) -> str:
     impl, backend = r["attention_impl"], r.get("attention_backend", r["attention_impl"])
-    return impl if impl == backend else f"{impl} -> {backend} (resolved on this host's backend)"
+    return impl if impl == backend else f"{impl} -> {backend}"
 
 
 def format_train_report(r: dict) -> str:
@@ -259,8 +269,10 @@ def format_train_report(r: dict) -> str:
         + f"; arguments {_g(m['arguments'])}, temporaries {_g(m['temporaries'])}, "
         f"outputs not aliased {_g(m['outputs'] - m['aliased'])}, code {_g(m['code'])}",
         f"  per chip total {_g(m['total'])} of {hbm}: {fit}",
-        f"  FLOPs per chip and step: {f['hlo_matmul']:.4g} (HLO matmuls, loops x trip count), "
-        f"{f['xla_cost_analysis']:.4g} (XLA cost analysis, loop bodies once), {f['model']:.4g} (model, analytic)",
+        f"  FLOPs per chip and step: {f['hlo_matmul']:.4g} (HLO matmuls, loops x trip count)"
+        + (f" + {f['pallas_kernels_analytic']:.4g} (Pallas attention kernels, analytic)"
+           if f.get("pallas_kernels_analytic") else "")
+        + f", {f['xla_cost_analysis']:.4g} (XLA cost analysis, loop bodies once), {f['model']:.4g} (model, analytic)",
         "  collectives per chip and step: " + format_collectives(r["collectives"]),
     ]
     rl = r["roofline"]

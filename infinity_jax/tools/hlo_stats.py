@@ -162,13 +162,15 @@ def parse_module(text: str) -> tuple[dict, str]:
             continue
         if cur is None:
             continue
-        if line.startswith("}"):
+        if line.rstrip() == "}":
             cur = None
             continue
         m = _INSTR.match(line)
         if m:
             t, op, args = _split_type_and_op(m.group(2))
             comps[cur].append(_Instr(m.group(1), t, op, args, line))
+        elif comps[cur]:  # an attribute spread over several lines (a Pallas kernel's backend_config)
+            comps[cur][-1].line += "\n" + line
     if not entry and comps:
         entry = list(comps)[-1]
     return comps, entry

@@ -45,13 +45,19 @@ def forward_flops(cfg: InfinityConfig, scales: Sequence[Sequence[int]], text_len
     # per block, per token: qkv, proj, ca_q, ca_proj, ffn; per image: ca k/v of the text
     dense_tok = 2 * C * 3 * C + 2 * C * C + 2 * C * C + 2 * C * C + 2 * 2 * C * M
     dense = cfg.depth * (L * dense_tok + 2 * T * C * 2 * C)
-    visible = np.cumsum(sizes)  # keys visible to a query of scale k
-    sa_pairs = int(sum(n * v for n, v in zip(sizes, visible)))
-    attn = cfg.depth * (2 * 2 * C * sa_pairs + 2 * 2 * C * L * T)
+    attn = self_attention_flops(cfg, scales) + cfg.depth * 2 * 2 * C * L * T
     head = L * (2 * d * C + 2 * C * V) + 2 * C * 6 * C + 2 * C * 2 * C
     total = text + dense + attn + head
     return {"total": float(total), "text": float(text), "dense": float(dense), "attention": float(attn),
             "head": float(head), "tokens": L}
+
+
+def self_attention_flops(cfg: InfinityConfig, scales: Sequence[Sequence[int]]) -> float:
+    """Forward FLOPs of the block-causal self-attention (scores + weighted sum) for one image."""
+    sizes = [int(s[-2]) * int(s[-1]) for s in scales]
+    visible = np.cumsum(sizes)  # keys visible to a query of scale k
+    sa_pairs = int(sum(n * v for n, v in zip(sizes, visible)))
+    return float(cfg.depth * 2 * 2 * cfg.embed_dim * sa_pairs)
 
 
 def train_flops(cfg: InfinityConfig, scales, text_len: int = 77) -> float:

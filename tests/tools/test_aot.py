@@ -23,6 +23,7 @@ from infinity_jax.tools.hlo_stats import COLLECTIVES, hlo_stats
 from infinity_jax.tools.tpu import CHIPS, TopologyError, chip_for_device_kind, parse_topology
 from infinity_jax.training import state as st
 from infinity_jax.training.optimizer import make_optimizer
+from infinity_jax.transformer.attention import resolve as resolve_attention
 from infinity_jax.transformer.config import InfinityConfig
 from infinity_jax.transformer.model import Infinity
 
@@ -77,7 +78,8 @@ def test_topology_names():
 
 
 def test_hlo_stats_counts_loops_and_collectives():
-    """A hand-written module: a dot in a while body of 8 trips and an all-gather in the entry."""
+    """A hand-written module: a dot in a while body of 8 trips (after a Pallas custom call whose
+    backend_config spans lines, one starting with '}}') and an all-gather in the entry."""
     text = """HloModule m
 
 %body (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
@@ -85,7 +87,10 @@ def test_hlo_stats_counts_loops_and_collectives():
   %i = s32[] get-tuple-element(%p), index=0
   %x = f32[4,8] get-tuple-element(%p), index=1
   %w = f32[8,8] constant({...})
-  %d = f32[4,8] dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %k = f32[4,8] custom-call(%x), custom_call_target="tpu_custom_call", backend_config={"config": {"a": 1,
+"meta":"{\\"block_q\\": 128}"
+}}, metadata={op_name="pallas kernel"}
+  %d = f32[4,8] dot(%k, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
   ROOT %t = (s32[], f32[4,8]) tuple(%i, %d)
 }
 
@@ -204,10 +209,12 @@ def test_report_fields(tiny_report):
     assert t["state_bytes"]["params"] > 0 and t["state_bytes"]["opt_state"] >= 2 * t["state_bytes"]["params"] * 0.99
     m = t["memory"]
     assert m["arguments"] > 0 and m["temporaries"] > 0 and m["total"] >= m["arguments"] + m["temporaries"]
-    assert t["fits"] is True and t["attention_impl"] == load_config().model.attention_impl
+    assert t["fits"] is True and t["attention_impl"] == resolve_attention(load_config().model.attention_impl, "tpu") == "splash"
     # matmul FLOPs with loops counted: the analytic model count (3x forward) + the remat forward
     assert t["flops"]["model"] > 0 and t["flops"]["xla_cost_analysis"] > 0
-    assert t["flops"]["model"] <= t["flops"]["hlo_matmul"] <= 2 * t["flops"]["model"]  # remat: ~4/3
+    counted = t["flops"]["hlo_matmul"] + t["flops"]["pallas_kernels_analytic"]  # splash: kernels not in the HLO
+    assert t["flops"]["pallas_kernels_analytic"] > 0
+    assert t["flops"]["model"] <= counted <= 2 * t["flops"]["model"]  # remat: ~4/3
     assert set(t["collectives"]) == set(COLLECTIVES)
     assert t["collectives"]["all-gather"]["count"] > 0 and t["collectives"]["all-gather"]["bytes"] > 0
     assert t["loops"] and all(n == load_config().model.depth for _, n in t["loops"])
