@@ -9,6 +9,7 @@ Mesh axes: ``data`` (pure data parallel), ``fsdp`` (data parallel + parameter sh
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Callable, Sequence
 
@@ -176,6 +177,51 @@ def constrain(x: jax.Array, names: Sequence[str | None], rules=LOGICAL_AXIS_RULE
     if mesh is None or mesh.empty or mesh.size <= 1:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
+
+
+#: Mesh axes that split the batch; a weight is gathered over them for its matmul (FSDP).
+DATA_PARALLEL_AXES = ("data", "fsdp")
+
+
+def _without(axes, drop: tuple[str, ...]):
+    if axes is None:
+        return None
+    kept = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if a not in drop)
+    return None if not kept else kept[0] if len(kept) == 1 else kept
+
+
+#: The rules table as a matmul sees its weights: data-parallel axes gathered, ``tensor`` kept.
+COMPUTE_RULES = tuple((name, _without(axes, DATA_PARALLEL_AXES)) for name, axes in LOGICAL_AXIS_RULES)
+
+
+def gather_weight(w: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """A weight as its matmul uses it: all-gathered over the data-parallel axes, still split on
+    ``tensor``. Under a mesh this is FSDP's pattern -- gather the (cast) weight in the forward
+    pass, reduce-scatter its gradient in the backward -- rather than leaving the choice to the
+    partitioner, which may keep the weight sharded and all-reduce the activations instead (far
+    more bytes at long sequences). No-op without a mesh.
+    """
+    mesh = jax.sharding.get_abstract_mesh() if hasattr(jax.sharding, "get_abstract_mesh") else None
+    if mesh is None or mesh.empty or mesh.size <= 1:
+        return w
+    return _gather(w, tuple(names))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _gather(w, names):
+    return jax.lax.with_sharding_constraint(w, logical_to_spec(names, COMPUTE_RULES))
+
+
+def _gather_fwd(w, names):
+    return _gather(w, names), None
+
+
+def _gather_bwd(names, _, g):
+    # the gradient, summed over the data-parallel axes, lands in the parameter's own shards
+    return (jax.lax.with_sharding_constraint(g, logical_to_spec(names)),)
+
+
+_gather.defvjp(_gather_fwd, _gather_bwd)
 
 
 def cast_floating(tree, dtype):

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from infinity_jax.schedules import scale_offsets
-from infinity_jax.sharding import constrain, param
+from infinity_jax.sharding import constrain, gather_weight, param
 from infinity_jax.transformer import attention as attn
 from infinity_jax.transformer.config import InfinityConfig
 from infinity_jax.transformer.rope import apply_rope, rope_cos_sin
@@ -42,12 +42,13 @@ class Linear(nnx.Module):
 
     def __init__(self, din: int, dout: int, axes: tuple, *, bias: bool = True, std: float = 0.02,
                  rngs: nnx.Rngs):
+        self.axes = tuple(axes)
         self.kernel = nnx.Param(param(_trunc_normal(std), axes)(rngs.params(), (din, dout), jnp.float32))
         self.bias = nnx.Param(param(_zeros, axes[-1:])(rngs.params(), (dout,), jnp.float32)) if bias else None
 
     def __call__(self, x: jax.Array, dtype=None) -> jax.Array:
         dtype = dtype or x.dtype
-        y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+        y = jnp.dot(x.astype(dtype), gather_weight(self.kernel[...].astype(dtype), self.axes))
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y
@@ -61,11 +62,13 @@ class FusedLinear(nnx.Module):
     """
 
     def __init__(self, din: int, n: int, dout: int, axes: tuple, *, std: float = 0.02, rngs: nnx.Rngs):
+        self.axes = tuple(axes)
         self.kernel = nnx.Param(param(_trunc_normal(std), axes)(rngs.params(), (din, n, dout), jnp.float32))
 
     def __call__(self, x: jax.Array, dtype=None) -> jax.Array:
         dtype = dtype or x.dtype
-        return jnp.einsum("...c,cnd->...nd", x.astype(dtype), self.kernel[...].astype(dtype))
+        w = gather_weight(self.kernel[...].astype(dtype), self.axes)
+        return jnp.einsum("...c,cnd->...nd", x.astype(dtype), w)
 
 
 def layer_norm(x: jax.Array, eps: float) -> jax.Array:
