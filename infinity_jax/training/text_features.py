@@ -8,8 +8,9 @@
 * ``t5``: the frozen encoder (:class:`infinity_jax.text.TextEncoder`) runs on every batch's
   captions, padded to the fixed text length, ahead of the train step.
 
-The first two are per-record functions called inside the data pipeline (so a record without
-features is skipped like a corrupt one); the encoder works on whole batches in the trainer.
+The first two are per-record functions called inside the data pipeline (a record without features
+for its long caption is skipped for that batch; a missing short caption's features fall back to the
+long caption's); the encoder works on whole batches in the trainer.
 """
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ class RandomText:
 
 
 class PrecomputedText:
+    #: Features exist only for the record's stored captions (the pipeline picks long or short, never
+    #: a derived caption).
+    stored_features = True
+
     def __init__(self, channels: int, store: str | None = None):
         self.channels = int(channels)
         self.store_path = store or None

@@ -344,7 +344,9 @@ class Trainer:
                             seed=int(d.seed), shuffle=bool(d.shuffle), num_epochs=int(d.num_epochs) or None,
                             num_threads=int(d.num_threads), prefetch=int(d.prefetch), workers=int(d.workers),
                             text_fn=text_fn, text_len=self.text_len,
-                            short_caption_prob=float(self.config.text.short_caption_prob), aspect_cache=cache)
+                            short_caption_prob=float(self.config.text.short_caption_prob),
+                            dynamic_length=bool(self.config.text.get("dynamic_length_prompt", False)),
+                            aspect_cache=cache)
 
     # -- the step ---------------------------------------------------------------------------
     def encode_images(self, vae_params, images):
