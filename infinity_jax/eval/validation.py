@@ -106,7 +106,7 @@ def bsc_inputs(features: jax.Array, scales: Sequence[Sequence[int]], keys: jax.A
     def one(f, k):
         o = flip_requant(f[None], scales, k, strength=float(strength), apply_layers=int(apply_layers),
                          requant=requant, patchify=patchify, strengths=per_scale)
-        return o.x_BLC_wo_prefix[0], o.labels[0], o.strengths
+        return o.x_BLC_wo_prefix[0], o.labels[0], o.strengths[0]
 
     return jax.vmap(one)(features, keys)
 
