@@ -100,8 +100,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", b1=0.9, b2=0.97, eps=1e-8, tblr=6e-3, lr=0.0, wd=0.005, clip=5.0,
         warmup_steps=0, warmup_init=0.005, schedule="constant", final_ratio=1.0, ema_decay=0.0))
-    c.loss = ml_collections.ConfigDict(dict(reweight_by_scale=True, label_smoothing=0.0))
-    c.bsc = ml_collections.ConfigDict(dict(enabled=True, strength=0.3, apply_layers=13))
+    # always_training_scales (official default 100): train on the first n scales of every schedule.
+    c.loss = ml_collections.ConfigDict(dict(reweight_by_scale=True, label_smoothing=0.0, always_training_scales=100))
+    # Bitwise Self-Correction (train.sh: --noise_apply_strength 0.3 --noise_apply_layers 13; official
+    # default --noise_apply_requant 1: the flipped bits feed the next scales; 0 leaves them clean).
+    c.bsc = ml_collections.ConfigDict(dict(enabled=True, strength=0.3, apply_layers=13, requant=True))
 
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))

@@ -37,7 +37,7 @@ from infinity_jax.training.step import apply_update, loss_and_grads
 from infinity_jax.transformer.config import SIZE_NAMES, InfinityConfig, size_config
 from infinity_jax.transformer.flops import train_flops
 from infinity_jax.transformer.model import Infinity
-from infinity_jax.transformer.self_correction import flip_requant
+from infinity_jax.transformer.self_correction import flip_requant, truncate_scales
 
 log = logging.getLogger(__name__)
 
@@ -356,23 +356,35 @@ class Trainer:
         x = images.astype(jnp.float32) / 127.5 - 1.0
         return enc(x.astype(jnp.dtype(self.vcfg.dtype))).astype(jnp.float32)
 
+    def teacher_forcing(self, feats, scales, key):
+        """Bitwise Self-Correction on raw features ``(B, H, W, d)`` (``config.bsc``: strength,
+        apply_layers, requant) cut to the first ``config.loss.always_training_scales`` scales.
+        Returns (x_BLC_wo_prefix, labels, training scales, strengths (B, K))."""
+        bsc, mcfg = self.config.bsc, self.mcfg
+        out = flip_requant(feats, scales, key if bsc.enabled else None, strength=float(bsc.strength),
+                           apply_layers=int(bsc.apply_layers), requant=bool(bsc.get("requant", True)),
+                           patchify=mcfg.apply_spatial_patchify)
+        x, labels, train_scales = truncate_scales(out, scales, self.training_scale_count(scales))
+        return x, labels, train_scales, out.strengths
+
+    def training_scale_count(self, scales) -> int:
+        """Scales trained on: ``config.loss.always_training_scales`` (official default 100: all)."""
+        return max(1, min(int(self.config.loss.get("always_training_scales", 100)), len(scales)))
+
     def step_function(self, bucket: Bucket):
         """The pure train step for one template: ``(state, vae_params, batch) -> (state, metrics)``."""
         c, mcfg = self.config, self.mcfg
         scales = bucket.scales
         ema_decay = float(c.optim.ema_decay)
-        bsc = c.bsc
 
         def step(state, vae_params, batch):
             key = jax.random.fold_in(jax.random.PRNGKey(int(c.seed)), state["step"])
             k_bsc, k_model = jax.random.split(key)
             feats = batch["features"] if "features" in batch else self.encode_images(vae_params, batch["image"])
-            feats = jax.lax.stop_gradient(feats)
-            out_bsc = flip_requant(feats, scales, k_bsc if bsc.enabled else None, strength=float(bsc.strength),
-                                   apply_layers=int(bsc.apply_layers), patchify=mcfg.apply_spatial_patchify)
+            x, labels, train_scales, strengths = self.teacher_forcing(jax.lax.stop_gradient(feats), scales, k_bsc)
 
             out, grads = loss_and_grads(self.md.merge, state["params"], batch["text"], batch["text_mask"],
-                                        out_bsc.x_BLC_wo_prefix, out_bsc.labels, scales, rng=k_model,
+                                        x, labels, train_scales, rng=k_model,
                                         deterministic=False, reweight=bool(c.loss.reweight_by_scale),
                                         label_smoothing=float(c.loss.label_smoothing))
             params, opt_state, gnorm = apply_update(self.tx, state["params"], state["opt_state"], grads)
@@ -383,7 +395,7 @@ class Trainer:
                        "loss_reweighted": out.loss_mean_scale_reweighted, "bit_accuracy": out.bit_accuracy,
                        "token_accuracy": out.token_accuracy, "per_scale_loss": out.per_scale_loss,
                        "per_scale_bit_accuracy": out.per_scale_bit_accuracy, "grad_norm": gnorm,
-                       "lr": self.lr_fn(state["step"]), "bsc_strength": jnp.mean(out_bsc.strengths)}
+                       "lr": self.lr_fn(state["step"]), "bsc_strength": jnp.mean(strengths)}
             return new, metrics
 
         return step
@@ -534,8 +546,9 @@ class Trainer:
 
                 skipped = int(np.sum(multihost_utils.process_allgather(np.asarray(skipped, np.int64))))
             skipped_total += skipped
-            L = bucket.seq_len
-            fl = train_flops(self.mcfg, bucket.scales, self.text_len) * self.global_batch
+            trained = bucket.scales[: self.training_scale_count(bucket.scales)]
+            L = sum(int(np.prod(sc)) for sc in trained)
+            fl = train_flops(self.mcfg, trained, self.text_len) * self.global_batch
             m.update(step_time=dt, images_per_s=self.global_batch / dt, tokens_per_s=self.global_batch * L / dt,
                      tflops_per_device=fl / dt / self.n_devices / 1e12, template=bucket.h_div_w)
             m["data/skipped"] = float(skipped)

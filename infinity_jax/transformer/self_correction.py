@@ -101,3 +101,15 @@ def flip_requant(features: jax.Array, scales: Sequence[Sequence[int]], key: jax.
         lab = pack(bits) if patchify else bits
         labels.append(lab.reshape(B, -1, lab.shape[-1]))
     return BSCOutput(jnp.concatenate(inputs, axis=1), jnp.concatenate(labels, axis=1), clean, used, strengths)
+
+
+def truncate_scales(out: BSCOutput, scales: Sequence[Sequence[int]], n: int):
+    """The official ``always_training_scales``: train on the first ``n`` scales only.
+
+    BSC runs on the whole schedule; the inputs ``(B, L_n - 1, d')``, labels ``(B, L_n, d')`` and
+    the schedule are cut to the first ``n`` scales (``L_n`` tokens). Returns (x, labels, scales[:n]).
+    """
+    scales = tuple(tuple(s) for s in scales)
+    n = max(1, min(int(n), len(scales)))
+    L = sum(int(s[-2]) * int(s[-1]) * (int(s[0]) if len(s) == 3 else 1) for s in scales[:n])
+    return out.x_BLC_wo_prefix[:, : L - 1], out.labels[:, :L], scales[:n]
