@@ -279,19 +279,22 @@ class Trainer:
         return self.vae_params
 
     def init_params(self) -> dict:
-        """Fresh parameters: from ``init.official`` (converted official weights), ``init.checkpoint``
-        (another run's params), or random; always placed directly in their shardings."""
+        """Fresh parameters: from ``init.official`` (an official checkpoint, read tensor by tensor into
+        the shardings), ``init.checkpoint`` (another run's params), or random (the official
+        initialisation); always placed directly in their shardings."""
         i = self.config.init
         if i.official:
             from infinity_jax.transformer import convert  # noqa: PLC0415
 
             if not os.path.exists(i.official):
                 raise ConfigError(f"init.official checkpoint {i.official} does not exist")
-            with jax.default_device(jax.local_devices(backend="cpu")[0]):
-                model = convert.load(i.official, self.mcfg)
-                host = st.state_to_tree(nnx.split(model, nnx.Param, ...)[1])
+            # read tensor by tensor (lazily) and placed straight into the mesh's shardings: each
+            # process reads only what its devices hold, never the whole checkpoint
+            model = convert.load(i.official, self.mcfg, mesh=self.mesh, lazy=True)
+            params = st.state_to_tree(nnx.split(model, nnx.Param, ...)[1])
             log.info("initialised from the official checkpoint %s", i.official)
-            return st.place_params(self.md, host)
+            return jax.tree.map(lambda a, s: a if a.sharding == s else jax.device_put(a, s), params,
+                                self.md.shardings)
         if i.checkpoint:
             from infinity_jax.training.checkpoint import restore_params  # noqa: PLC0415
 
