@@ -74,9 +74,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # X.t5/ store), 'random' (smoke runs). Captions are padded to max_len tokens. Caption policy
     # (infinity_jax.data.captions; train.sh: --short_cap_prob 0.5 --enable_dynamic_length_prompt 1):
     # the short caption with short_caption_prob, random truncation of long captions to k sentences.
+    # dtype: the online encoder's parameters, compute and features (official: float16).
     c.text = ml_collections.ConfigDict(dict(
         source=args.text, t5_path="", features="", max_len=512, short_caption_prob=0.5,
-        dynamic_length_prompt=True, dtype="float32"))
+        dynamic_length_prompt=True, dtype="bfloat16"))
 
     # Data: ArrayRecord shards (infinity_jax.data.writer), a TFDS dataset, the synthetic source, or
     # a 'module:callable' factory returning a random-access source.

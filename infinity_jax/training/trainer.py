@@ -329,7 +329,7 @@ class Trainer:
 
             if not os.path.isdir(t.t5_path):
                 raise ConfigError(f"text.t5_path {t.t5_path} is not a folder")
-            self.online_t5 = OnlineT5(t.t5_path, self.text_len, t.dtype)
+            self.online_t5 = OnlineT5(t.t5_path, self.text_len, t.dtype, mesh=self.mesh, batch_axes=self.batch_axes)
             if self.online_t5.channels != C:
                 raise ConfigError(f"the T5 encoder gives {self.online_t5.channels} channels, the model expects "
                                   f"text_channels={C}")
@@ -407,7 +407,7 @@ class Trainer:
         """Global shapes of the device batch for a template."""
         G, T, C = self.global_batch, self.text_len, self.mcfg.text_channels
         H, W = bucket.pixel
-        spec = {"text": jax.ShapeDtypeStruct((G, T, C), jnp.float32, sharding=self.batch_sharding),
+        spec = {"text": jax.ShapeDtypeStruct((G, T, C), self.text_dtype, sharding=self.batch_sharding),
                 "text_mask": jax.ShapeDtypeStruct((G, T), jnp.bool_, sharding=self.batch_sharding)}
         if self.config.tokenizer.in_step:
             spec["image"] = jax.ShapeDtypeStruct((G, H, W, 3), jnp.uint8, sharding=self.batch_sharding)
@@ -469,14 +469,21 @@ class Trainer:
                 self._compiled[key] = fn.lower(self.vae_md.abstract_params(), spec).compile()
         return self._compiled[key]
 
+    @property
+    def text_dtype(self):
+        """dtype of the step's caption features: the online encoder's (``text.dtype``), else float32."""
+        return jnp.dtype(self.config.text.dtype) if self.config.text.source == "t5" else jnp.dtype(jnp.float32)
+
     def device_batch(self, host: dict) -> dict:
-        """This host's numpy rows -> global arrays split over ``data x fsdp``."""
+        """This host's numpy rows -> global arrays split over ``data x fsdp``; with the online
+        encoder the caption features are computed on the devices and stay there."""
         if "text" not in host:
-            host = dict(host)
-            host["text"], host["text_mask"] = self.online_t5(list(host["caption"]))
-        out = {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(host[k]))
-               for k in ("text", "text_mask")}
-        out["text"] = out["text"].astype(jnp.float32) if out["text"].dtype != jnp.float32 else out["text"]
+            text, mask = self.online_t5(list(host["caption"]))
+            out = {"text": text, "text_mask": mask}
+        else:
+            out = {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(host[k]))
+                   for k in ("text", "text_mask")}
+            out["text"] = out["text"].astype(jnp.float32) if out["text"].dtype != jnp.float32 else out["text"]
         image = jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(host["image"], np.uint8))
         if self.config.tokenizer.in_step:
             out["image"] = image
