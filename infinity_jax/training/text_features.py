@@ -100,7 +100,8 @@ class OnlineT5:
         self.config = model.cfg
         graphdef, state = nnx.split(model)
         shardings = state_shardings(state, self.mesh)
-        self.state = jax.device_put(state, shardings)
+        # host copies, identical on every process, placed into the (possibly multi-process) shardings
+        self.state = jax.device_put(jax.tree.map(np.asarray, state), shardings)
         self.batch_sharding = NamedSharding(self.mesh, P(tuple(batch_axes) or None))
 
         def forward(st, ids, mask):
