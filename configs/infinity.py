@@ -71,9 +71,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.tokenizer.base_ch = 32
 
     # Text: 't5' (frozen Flan-T5 encoder on the fly), 'precomputed' (features in the records or an
-    # X.t5/ store), 'random' (smoke runs). Captions are padded to max_len tokens.
+    # X.t5/ store), 'random' (smoke runs). Captions are padded to max_len tokens. Caption policy
+    # (infinity_jax.data.captions; train.sh: --short_cap_prob 0.5 --enable_dynamic_length_prompt 1):
+    # the short caption with short_caption_prob, random truncation of long captions to k sentences.
+    # dtype: the online encoder's parameters, compute and features (official: float16).
     c.text = ml_collections.ConfigDict(dict(
-        source=args.text, t5_path="", features="", max_len=512, short_caption_prob=0.5, dtype="float32"))
+        source=args.text, t5_path="", features="", max_len=512, short_caption_prob=0.5,
+        dynamic_length_prompt=True, dtype="bfloat16"))
 
     # Data: ArrayRecord shards (infinity_jax.data.writer), a TFDS dataset, the synthetic source, or
     # a 'module:callable' factory returning a random-access source.
@@ -97,8 +101,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", b1=0.9, b2=0.97, eps=1e-8, tblr=6e-3, lr=0.0, wd=0.005, clip=5.0,
         warmup_steps=0, warmup_init=0.005, schedule="constant", final_ratio=1.0, ema_decay=0.0))
-    c.loss = ml_collections.ConfigDict(dict(reweight_by_scale=True, label_smoothing=0.0))
-    c.bsc = ml_collections.ConfigDict(dict(enabled=True, strength=0.3, apply_layers=13))
+    # always_training_scales (official default 100): train on the first n scales of every schedule.
+    c.loss = ml_collections.ConfigDict(dict(reweight_by_scale=True, label_smoothing=0.0, always_training_scales=100))
+    # Bitwise Self-Correction (train.sh: --noise_apply_strength 0.3 --noise_apply_layers 13; official
+    # default --noise_apply_requant 1: the flipped bits feed the next scales; 0 leaves them clean).
+    c.bsc = ml_collections.ConfigDict(dict(enabled=True, strength=0.3, apply_layers=13, requant=True))
 
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))

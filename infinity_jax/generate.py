@@ -27,6 +27,8 @@ _CFG = flags.DEFINE_string("cfg", None, "Guidance scale, or a comma list with on
 _TAU = flags.DEFINE_float("tau", None, "Temperature.")
 _TOPK = flags.DEFINE_integer("top_k", None, "Top-k per bit (1 = greedy).")
 _TOPP = flags.DEFINE_float("top_p", None, "Top-p per bit (0 = off).")
+_CFG_LAYER = flags.DEFINE_integer("cfg_insertion_layer", None, "Where guidance applies: 0 = on the logits "
+                                  "(default), -n = on the hidden states after block depth-n (1 <= n < depth).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the first image; image i uses seed + i.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Images per sampling call.")
 _OUT = flags.DEFINE_string("out", "out", "Output PNG path (one prompt) or folder.")
@@ -79,6 +81,10 @@ def main(argv):
     except (BundleError, CheckpointMismatchError) as e:
         sys.exit(f"error: {e}")
     print(f"loaded {_CKPT.value} in {time.perf_counter() - t0:.1f} s")
+    try:
+        pipe.sampling_config(cfg_insertion_layer=_CFG_LAYER.value)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     feats = mask = None
     if _TEXT_FEATURES.value:
         data = np.load(_TEXT_FEATURES.value)
@@ -101,7 +107,7 @@ def main(argv):
     for start in range(0, n, _BATCH.value):
         idx = list(range(start, min(n, start + _BATCH.value)))
         kw = dict(aspect=_ASPECT.value, resolution=_RES.value, cfg=cfg, tau=_TAU.value, top_k=_TOPK.value,
-                  top_p=_TOPP.value, seed=_SEED.value + start, save_scales=_SAVE_SCALES.value,
+                  top_p=_TOPP.value, cfg_insertion_layer=_CFG_LAYER.value, seed=_SEED.value + start, save_scales=_SAVE_SCALES.value,
                   negative_prompt=_NEGATIVE.value, progress=lambda k, K: bar.update(len(idx)))
         try:
             if feats is not None:

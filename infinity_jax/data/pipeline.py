@@ -13,7 +13,8 @@ is tiny and the same on every host.
 
 A record that cannot be read or decoded (or whose text features are missing) is logged, counted in
 ``batch["skipped"]`` and replaced by the next readable record of the same template, so a batch
-always has its full size and a corrupt file is never fatal.
+always has its full size and a corrupt file is never fatal. Only a record whose image cannot be
+decoded is remembered and never read again; a text or read error may pass on a later visit.
 """
 from __future__ import annotations
 
@@ -24,21 +25,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from infinity_jax.data.bucketing import BatchPlan, Bucket, assign_buckets, scan_aspect_ratios
-from infinity_jax.data.records import CorruptRecord, captions_of, decode_image, resize_center_crop
+from infinity_jax.data.captions import Caption, choose_caption, stored_caption
+from infinity_jax.data.records import CorruptRecord, ImageDecodeError, captions_of, decode_image, resize_center_crop
 
 log = logging.getLogger(__name__)
 
 #: Largest source whose image headers are scanned for aspect ratios when it cannot tell them.
 MAX_SCAN = 20_000_000
 
-#: (caption, example, field) -> features (n, C); raises on failure (the record is skipped).
+#: (caption, example, field) -> features (n, C); raises on failure (the record is skipped). A text
+#: function whose ``stored_features`` is True only knows the record's own captions.
 TextFn = Callable[[str, dict, str], np.ndarray]
-
-
-def short_caption(long: str) -> str:
-    """The first sentence of a long caption (the official fallback when no short caption exists)."""
-    head = long.strip().split(". ")[0].strip()
-    return head if head.endswith(".") else head + "."
 
 
 class BatchLoader:
@@ -47,41 +44,64 @@ class BatchLoader:
     Returns a dict: ``image`` (b, H, W, 3) uint8; ``caption`` (b,) object (str); ``index`` (b,)
     int64 record ids actually used; ``bucket`` int; ``batch`` int (plan index); ``skipped`` int;
     and with a ``text_fn``: ``text`` (b, text_len, C) float32 and ``text_mask`` (b, text_len) bool.
+
+    Captions follow :mod:`infinity_jax.data.captions`: the official policy (``short_caption_prob``,
+    ``dynamic_length``) for text encoded from the caption string, and the stored short/long choice
+    for a ``text_fn`` with ``stored_features = True`` (precomputed features). A record is retired
+    for good only when its image cannot be decoded; text and read errors skip it for this batch.
     """
 
     def __init__(self, source, plan: BatchPlan, buckets: Sequence[Bucket], *, process_index: int = 0,
                  process_count: int = 1, seed: int = 0, text_fn: TextFn | None = None,
-                 text_len: int | None = None, short_caption_prob: float = 0.0, max_tries: int = 64):
+                 text_len: int | None = None, short_caption_prob: float = 0.0, dynamic_length: bool = False,
+                 max_tries: int = 64):
         self.source, self.plan, self.buckets = source, plan, list(buckets)
         self.process_index, self.process_count = int(process_index), int(process_count)
         self.local_batch = plan.global_batch // self.process_count
         self.seed = int(seed)
         self.text_fn, self.text_len = text_fn, text_len
+        self.stored_features = bool(getattr(text_fn, "stored_features", False))
         self.short_caption_prob = float(short_caption_prob)
+        self.dynamic_length = bool(dynamic_length)
         self.max_tries = int(max_tries)
         self.bad: set[int] = set()
         self._lock = threading.Lock()
         self.total_skipped = 0
 
+    def caption(self, ex: dict, rng: np.random.Generator) -> Caption:
+        """The caption of one record for this sample (see :mod:`infinity_jax.data.captions`)."""
+        long, short = captions_of(ex)
+        if self.stored_features:
+            return stored_caption(long, short, rng, short_prob=self.short_caption_prob)
+        return choose_caption(long, short, rng, short_prob=self.short_caption_prob,
+                              dynamic_length=self.dynamic_length, long_type=ex.get("long_caption_type"))
+
+    def _text(self, cap: Caption, ex: dict) -> np.ndarray:
+        try:
+            feats = np.asarray(self.text_fn(cap.text, ex, cap.field or "long_caption"))
+        except CorruptRecord:
+            if cap.field != "text":
+                raise
+            # stored short caption without features: the long caption's features instead
+            long, _ = captions_of(ex)
+            feats = np.asarray(self.text_fn(long, ex, "long_caption"))
+        if feats.ndim != 2 or feats.shape[0] < 1:
+            raise CorruptRecord(f"text features of shape {feats.shape}")
+        return feats
+
     def _load_one(self, i: int, bucket: Bucket, rng: np.random.Generator) -> dict[str, Any]:
         ex = self.source[i]
-        long, short = captions_of(ex)
-        field = "long_caption"
-        caption = long
-        if self.short_caption_prob and rng.random() < self.short_caption_prob:
-            caption, field = (short or short_caption(long)), "text"
-        img = resize_center_crop(decode_image(ex["image"]), *bucket.pixel)
-        out = {"image": img, "caption": caption}
+        cap = self.caption(ex, rng)
+        img = resize_center_crop(decode_image(ex.get("image")), *bucket.pixel)
+        out = {"image": img, "caption": cap.text}
         if self.text_fn is not None:
-            feats = np.asarray(self.text_fn(caption, ex, field))
-            if feats.ndim != 2 or feats.shape[0] < 1:
-                raise CorruptRecord(f"text features of shape {feats.shape}")
-            out["text"] = feats[: self.text_len]
+            out["text"] = self._text(cap, ex)[: self.text_len]
         return out
 
     def _skip(self, i: int, err: Exception) -> None:
         with self._lock:
-            self.bad.add(i)
+            if isinstance(err, ImageDecodeError):
+                self.bad.add(i)
             self.total_skipped += 1
             total = self.total_skipped
         log.warning("skipping record %d (%s: %s); %d skipped so far on this host", i, type(err).__name__, err, total)
@@ -134,7 +154,7 @@ class DataPipeline:
     def __init__(self, source, buckets: Sequence[Bucket], *, global_batch: int, process_index: int = 0,
                  process_count: int = 1, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                  num_threads: int = 4, prefetch: int = 2, workers: int = 0, text_fn: TextFn | None = None,
-                 text_len: int | None = None, short_caption_prob: float = 0.0,
+                 text_len: int | None = None, short_caption_prob: float = 0.0, dynamic_length: bool = False,
                  aspect_cache: str | None = None):
         import grain  # noqa: PLC0415
 
@@ -162,7 +182,7 @@ class DataPipeline:
                               num_epochs=num_epochs, num_records=n)
         self.loader = BatchLoader(source, self.plan, self.buckets, process_index=process_index,
                                   process_count=process_count, seed=seed, text_fn=text_fn, text_len=text_len,
-                                  short_caption_prob=short_caption_prob)
+                                  short_caption_prob=short_caption_prob, dynamic_length=dynamic_length)
         ds = grain.MapDataset.source(self.plan).map_with_index(self.loader)
         prefetch = max(1, prefetch)  # batches read ahead, by up to that many threads
         ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(num_threads, prefetch)),

@@ -30,6 +30,10 @@ class CorruptRecord(ValueError):
     """A record or its image cannot be decoded."""
 
 
+class ImageDecodeError(CorruptRecord):
+    """A record's image cannot be decoded (the one error that retires a record for good)."""
+
+
 def _dtype(name: str) -> np.dtype:
     if name == "bfloat16":
         import ml_dtypes  # noqa: PLC0415
@@ -92,7 +96,7 @@ def decode_example(data: bytes) -> dict[str, Any]:
 
 
 def image_size(image) -> tuple[int, int]:
-    """(height, width) of encoded bytes (header only) or an array; raises :class:`CorruptRecord`."""
+    """(height, width) of encoded bytes (header only) or an array; raises :class:`ImageDecodeError`."""
     if isinstance(image, np.ndarray):
         return int(image.shape[0]), int(image.shape[1])
     from PIL import Image  # noqa: PLC0415
@@ -101,18 +105,18 @@ def image_size(image) -> tuple[int, int]:
         with Image.open(io.BytesIO(image)) as im:
             w, h = im.size
     except Exception as e:  # noqa: BLE001
-        raise CorruptRecord(f"unreadable image: {e}") from e
+        raise ImageDecodeError(f"unreadable image: {e}") from e
     return int(h), int(w)
 
 
 def decode_image(image) -> np.ndarray:
-    """Encoded bytes or an array -> ``(H, W, 3)`` uint8 RGB; raises :class:`CorruptRecord`."""
+    """Encoded bytes or an array -> ``(H, W, 3)`` uint8 RGB; raises :class:`ImageDecodeError`."""
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 2:
             arr = np.repeat(arr[..., None], 3, axis=-1)
         if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or min(arr.shape[:2]) < 1:
-            raise CorruptRecord(f"image array has shape {arr.shape}, expected (H, W, 3)")
+            raise ImageDecodeError(f"image array has shape {arr.shape}, expected (H, W, 3)")
         if arr.shape[-1] == 1:
             arr = np.repeat(arr, 3, axis=-1)
         if arr.dtype != np.uint8:
@@ -125,7 +129,7 @@ def decode_image(image) -> np.ndarray:
             im.load()  # raises on truncated / corrupt data
             return np.asarray(im.convert("RGB"), np.uint8)
     except Exception as e:  # noqa: BLE001
-        raise CorruptRecord(f"unreadable image: {e}") from e
+        raise ImageDecodeError(f"unreadable image: {e}") from e
 
 
 def resize_center_crop(img: np.ndarray, height: int, width: int) -> np.ndarray:

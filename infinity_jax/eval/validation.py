@@ -106,7 +106,7 @@ def bsc_inputs(features: jax.Array, scales: Sequence[Sequence[int]], keys: jax.A
     def one(f, k):
         o = flip_requant(f[None], scales, k, strength=float(strength), apply_layers=int(apply_layers),
                          requant=requant, patchify=patchify, strengths=per_scale)
-        return o.x_BLC_wo_prefix[0], o.labels[0], o.strengths
+        return o.x_BLC_wo_prefix[0], o.labels[0], o.strengths[0]
 
     return jax.vmap(one)(features, keys)
 
@@ -212,7 +212,7 @@ def build_heldout(trainer, vcfg) -> HeldOutSet:
                          text_len=trainer.text_len if text_fn is not None else None, short_caption_prob=0.0)
     batch = loader(0, (b, np.arange(n)))
     if "text" not in batch:  # online T5
-        batch["text"], batch["text_mask"] = trainer.online_t5(list(batch["caption"]))
+        batch["text"], batch["text_mask"] = trainer.online_t5.encode_host(list(batch["caption"]))
     return HeldOutSet(batch["image"], np.asarray(batch["text"], np.float32), np.asarray(batch["text_mask"], bool),
                       batch["caption"], batch["index"], bucket.scales, bucket.pixel)
 

@@ -126,19 +126,23 @@ class Pipeline:
         return feats, mask
 
     # ------------------------------------------------------------------ main
-    def sampling_config(self, *, cfg=None, tau=None, top_k=None, top_p=None, greedy: bool = False) -> SamplingConfig:
-        """The sampling settings: each argument left None takes the checkpoint's default (else the official one)."""
+    def sampling_config(self, *, cfg=None, tau=None, top_k=None, top_p=None, greedy: bool = False,
+                        cfg_insertion_layer: int | None = None) -> SamplingConfig:
+        """The sampling settings: each argument left None takes the checkpoint's default (else the official
+        one); raises ValueError for a ``cfg_insertion_layer`` this model cannot use."""
         d = self.defaults
+        layer = cfg_insertion_layer if cfg_insertion_layer is not None else d.get("cfg_insertion_layer", 0)
         return SamplingConfig(
             cfg=cfg if cfg is not None else d.get("cfg", 3.0), tau=tau if tau is not None else d.get("tau", 0.5),
             top_k=top_k if top_k is not None else d.get("top_k", 900),
-            top_p=top_p if top_p is not None else d.get("top_p", 0.97), greedy=greedy)
+            top_p=top_p if top_p is not None else d.get("top_p", 0.97), greedy=greedy,
+            cfg_insertion_layer=layer).validate(self.transformer.cfg.depth)
 
     def __call__(self, prompts: str | Sequence[str] | None = None, *, text_features=None, text_mask=None,
                  negative_prompt: str | None = None, aspect: str | float = 1.0, resolution: str | int | None = None,
                  cfg: float | Sequence[float] | None = None, tau: float | Sequence[float] | None = None,
                  top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
-                 seed: int | Sequence[int] = 0, save_scales: bool = False,
+                 cfg_insertion_layer: int | None = None, seed: int | Sequence[int] = 0, save_scales: bool = False,
                  progress: Callable[[int, int], None] | None = None) -> GenerationResult:
         """Generate one image per prompt (``seed`` is the first image's seed, or one per image)."""
         if text_features is None:
@@ -157,7 +161,8 @@ class Pipeline:
         if negative_prompt:
             nf, nm = self.encode_prompts([negative_prompt] * B)
             neg, neg_mask = nf, nm
-        settings = self.sampling_config(cfg=cfg, tau=tau, top_k=top_k, top_p=top_p, greedy=greedy)
+        settings = self.sampling_config(cfg=cfg, tau=tau, top_k=top_k, top_p=top_p, greedy=greedy,
+                                        cfg_insertion_layer=cfg_insertion_layer)
         seeds = [int(seed) + i for i in range(B)] if np.isscalar(seed) else [int(s) for s in seed]
         if len(seeds) != B:
             raise ValueError(f"{len(seeds)} seeds for {B} prompts")

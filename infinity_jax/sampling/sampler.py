@@ -40,8 +40,9 @@ class SamplingConfig:
 
     cfg, tau: a float for every scale or a per-scale sequence. top_k: 0 = off, 1 = greedy.
     top_p: 0 = off, else keep the smallest set of classes with mass >= top_p. greedy: argmax.
-    cfg_insertion_layer: 0 = guidance on logits (official default); -n = on hidden states
-    after block depth-n.
+    cfg_insertion_layer: 0 = guidance on logits (official default); -n (1 <= n < depth) = on
+    the hidden states after block depth-n. Anything else is an error (:meth:`validate`): the
+    official sampler rejects it too, where it would otherwise silently turn guidance off.
     """
 
     cfg: float | Sequence[float] = 3.0
@@ -50,6 +51,14 @@ class SamplingConfig:
     top_p: float = 0.97
     greedy: bool = False
     cfg_insertion_layer: int = 0
+
+    def validate(self, depth: int) -> "SamplingConfig":
+        """Raises ValueError for a ``cfg_insertion_layer`` outside {0} and [-(depth-1), -1]."""
+        c = self.cfg_insertion_layer
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not (c == 0 or -depth < c < 0):
+            raise ValueError(f"cfg_insertion_layer must be 0 (guidance on the logits) or in [{1 - depth}, -1] "
+                             f"(on the hidden states after block depth+n) for this depth-{depth} model; got {c!r}")
+        return self
 
     def per_scale(self, value, K: int) -> np.ndarray:
         v = np.asarray(value, np.float32).reshape(-1)
@@ -242,6 +251,7 @@ class Sampler:
         B = text.shape[0]
         if text.shape[-1] != mcfg.text_channels:
             raise ValueError(f"text features have {text.shape[-1]} channels; the model expects {mcfg.text_channels}")
+        settings.validate(mcfg.depth)
         cfgs = settings.per_scale(settings.cfg, K)
         taus = settings.per_scale(settings.tau, K)
         use_cfg = bool(np.any(cfgs != 1.0))

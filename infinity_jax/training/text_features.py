@@ -5,11 +5,13 @@
 * ``precomputed``: the record's own ``t5`` / ``t5_text`` arrays (written by
   ``infinity_jax.data.writer --t5_features``), else the ``X.t5/`` store of
   ``python -m infinity_jax.text.precompute`` looked up by the record's ``line`` and caption field.
-* ``t5``: the frozen encoder (:class:`infinity_jax.text.TextEncoder`) runs on every batch's
-  captions, padded to the fixed text length, ahead of the train step.
+* ``t5``: the frozen encoder (:class:`OnlineT5`) runs on every batch's captions, padded to the
+  fixed text length, ahead of the train step, under the trainer's mesh: batch-sharded, in
+  ``config.text.dtype`` (bfloat16 by default), its features never leaving the devices.
 
-The first two are per-record functions called inside the data pipeline (so a record without
-features is skipped like a corrupt one); the encoder works on whole batches in the trainer.
+The first two are per-record functions called inside the data pipeline (a record without features
+for its long caption is skipped for that batch; a missing short caption's features fall back to the
+long caption's); the encoder works on whole batches in the trainer.
 """
 from __future__ import annotations
 
@@ -31,6 +33,10 @@ class RandomText:
 
 
 class PrecomputedText:
+    #: Features exist only for the record's stored captions (the pipeline picks long or short, never
+    #: a derived caption).
+    stored_features = True
+
     def __init__(self, channels: int, store: str | None = None):
         self.channels = int(channels)
         self.store_path = store or None
@@ -65,21 +71,73 @@ class PrecomputedText:
 
 
 class OnlineT5:
-    """Batches of captions -> (features (B, T, C) float32, mask (B, T) bool) with the frozen encoder."""
+    """Batches of captions -> global (features (G, T, C), mask (G, T) bool) device arrays, from the
+    frozen encoder run under the trainer's mesh.
 
-    def __init__(self, folder: str, max_len: int, dtype: str = "float32"):
+    Each process tokenizes its own rows (padded to ``max_len``); the ids go to the devices split
+    over the batch axes, the encoder runs batch-sharded (its parameters placed by the logical-axis
+    rules, stored and computed in ``dtype``: bfloat16 on a pod), and the features stay on the
+    devices, in ``dtype``, as the train step's input. Without a mesh: one device.
+    """
+
+    def __init__(self, folder: str, max_len: int, dtype: str = "float32", *, mesh=None,
+                 batch_axes: tuple[str, ...] = ()):
+        import jax  # noqa: PLC0415
         import jax.numpy as jnp  # noqa: PLC0415
+        from flax import nnx  # noqa: PLC0415
+        from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: PLC0415
 
-        from infinity_jax.text import TextEncoder  # noqa: PLC0415
+        from infinity_jax.sharding import make_mesh, state_shardings  # noqa: PLC0415
+        from infinity_jax.text.convert import load_model  # noqa: PLC0415
+        from infinity_jax.text.tokenize import T5Tokenizer  # noqa: PLC0415
 
-        self.encoder = TextEncoder.load(folder, dtype=jnp.dtype(dtype))
+        self.dtype = jnp.dtype(dtype)
         self.max_len = int(max_len)
+        self.mesh = mesh if mesh is not None else make_mesh({"data": 1}, devices=jax.devices()[:1])
+        self.tokenizer = T5Tokenizer.from_folder(folder, max_length=self.max_len)
+        with jax.default_device(jax.local_devices(backend="cpu")[0]):
+            model = load_model(folder, dtype=self.dtype, param_dtype=self.dtype)
+        self.config = model.cfg
+        graphdef, state = nnx.split(model)
+        shardings = state_shardings(state, self.mesh)
+        # host copies, identical on every process, placed into the (possibly multi-process) shardings
+        self.state = jax.device_put(jax.tree.map(np.asarray, state), shardings)
+        self.batch_sharding = NamedSharding(self.mesh, P(tuple(batch_axes) or None))
+
+        def forward(st, ids, mask):
+            feats = nnx.merge(graphdef, st)(ids, mask)
+            return jnp.where(mask[..., None], feats, 0).astype(self.dtype), mask
+
+        self._forward = jax.jit(forward, in_shardings=(shardings, self.batch_sharding, self.batch_sharding),
+                                out_shardings=(self.batch_sharding, self.batch_sharding))
+        self.replicated = NamedSharding(self.mesh, P())
+        self._forward_replicated = jax.jit(forward, in_shardings=(shardings, self.replicated, self.replicated),
+                                           out_shardings=(self.replicated, self.replicated))
 
     @property
     def channels(self) -> int:
-        return self.encoder.dim
+        return self.config.d_model
 
-    def __call__(self, captions) -> tuple[np.ndarray, np.ndarray]:
-        tok = self.encoder.tokenizer(list(captions), length=self.max_len, max_length=self.max_len)
-        feats = self.encoder.encode_ids(tok.ids, tok.mask)
-        return np.asarray(feats, np.float32), np.asarray(tok.mask, bool)
+    def tokenize(self, captions) -> tuple[np.ndarray, np.ndarray]:
+        """This process's captions -> ids (b, T) int32 and mask (b, T) bool, padded to ``max_len``."""
+        tok = self.tokenizer(list(captions), length=self.max_len, max_length=self.max_len)
+        return np.asarray(tok.ids, np.int32), np.asarray(tok.mask, bool)
+
+    def __call__(self, captions):
+        """This process's captions (its rows of the global batch) -> global device arrays."""
+        import jax  # noqa: PLC0415
+
+        ids, mask = self.tokenize(captions)
+        ids = jax.make_array_from_process_local_data(self.batch_sharding, ids)
+        mask = jax.make_array_from_process_local_data(self.batch_sharding, mask)
+        return self._forward(self.state, ids, mask)
+
+    def encode_host(self, captions) -> tuple[np.ndarray, np.ndarray]:
+        """Captions that every process holds alike (e.g. a held-out set) -> host (features (n, T, C)
+        float32, mask (n, T) bool), computed once on the mesh with replicated inputs."""
+        import jax  # noqa: PLC0415
+
+        ids, mask = self.tokenize(captions)
+        put = lambda a: jax.make_array_from_callback(a.shape, self.replicated, lambda idx: a[idx])
+        feats, m = self._forward_replicated(self.state, put(ids), put(mask))
+        return (np.asarray(feats.addressable_data(0), np.float32), np.asarray(m.addressable_data(0), bool))

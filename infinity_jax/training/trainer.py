@@ -37,7 +37,7 @@ from infinity_jax.training.step import apply_update, loss_and_grads
 from infinity_jax.transformer.config import SIZE_NAMES, InfinityConfig, size_config
 from infinity_jax.transformer.flops import train_flops
 from infinity_jax.transformer.model import Infinity
-from infinity_jax.transformer.self_correction import flip_requant
+from infinity_jax.transformer.self_correction import flip_requant, truncate_scales
 
 log = logging.getLogger(__name__)
 
@@ -279,19 +279,22 @@ class Trainer:
         return self.vae_params
 
     def init_params(self) -> dict:
-        """Fresh parameters: from ``init.official`` (converted official weights), ``init.checkpoint``
-        (another run's params), or random; always placed directly in their shardings."""
+        """Fresh parameters: from ``init.official`` (an official checkpoint, read tensor by tensor into
+        the shardings), ``init.checkpoint`` (another run's params), or random (the official
+        initialisation); always placed directly in their shardings."""
         i = self.config.init
         if i.official:
             from infinity_jax.transformer import convert  # noqa: PLC0415
 
             if not os.path.exists(i.official):
                 raise ConfigError(f"init.official checkpoint {i.official} does not exist")
-            with jax.default_device(jax.local_devices(backend="cpu")[0]):
-                model = convert.load(i.official, self.mcfg)
-                host = st.state_to_tree(nnx.split(model, nnx.Param, ...)[1])
+            # read tensor by tensor (lazily) and placed straight into the mesh's shardings: each
+            # process reads only what its devices hold, never the whole checkpoint
+            model = convert.load(i.official, self.mcfg, mesh=self.mesh, lazy=True)
+            params = st.state_to_tree(nnx.split(model, nnx.Param, ...)[1])
             log.info("initialised from the official checkpoint %s", i.official)
-            return st.place_params(self.md, host)
+            return jax.tree.map(lambda a, s: a if a.sharding == s else jax.device_put(a, s), params,
+                                self.md.shardings)
         if i.checkpoint:
             from infinity_jax.training.checkpoint import restore_params  # noqa: PLC0415
 
@@ -326,7 +329,7 @@ class Trainer:
 
             if not os.path.isdir(t.t5_path):
                 raise ConfigError(f"text.t5_path {t.t5_path} is not a folder")
-            self.online_t5 = OnlineT5(t.t5_path, self.text_len, t.dtype)
+            self.online_t5 = OnlineT5(t.t5_path, self.text_len, t.dtype, mesh=self.mesh, batch_axes=self.batch_axes)
             if self.online_t5.channels != C:
                 raise ConfigError(f"the T5 encoder gives {self.online_t5.channels} channels, the model expects "
                                   f"text_channels={C}")
@@ -344,7 +347,9 @@ class Trainer:
                             seed=int(d.seed), shuffle=bool(d.shuffle), num_epochs=int(d.num_epochs) or None,
                             num_threads=int(d.num_threads), prefetch=int(d.prefetch), workers=int(d.workers),
                             text_fn=text_fn, text_len=self.text_len,
-                            short_caption_prob=float(self.config.text.short_caption_prob), aspect_cache=cache)
+                            short_caption_prob=float(self.config.text.short_caption_prob),
+                            dynamic_length=bool(self.config.text.get("dynamic_length_prompt", False)),
+                            aspect_cache=cache)
 
     # -- the step ---------------------------------------------------------------------------
     def encode_images(self, vae_params, images):
@@ -354,23 +359,35 @@ class Trainer:
         x = images.astype(jnp.float32) / 127.5 - 1.0
         return enc(x.astype(jnp.dtype(self.vcfg.dtype))).astype(jnp.float32)
 
+    def teacher_forcing(self, feats, scales, key):
+        """Bitwise Self-Correction on raw features ``(B, H, W, d)`` (``config.bsc``: strength,
+        apply_layers, requant) cut to the first ``config.loss.always_training_scales`` scales.
+        Returns (x_BLC_wo_prefix, labels, training scales, strengths (B, K))."""
+        bsc, mcfg = self.config.bsc, self.mcfg
+        out = flip_requant(feats, scales, key if bsc.enabled else None, strength=float(bsc.strength),
+                           apply_layers=int(bsc.apply_layers), requant=bool(bsc.get("requant", True)),
+                           patchify=mcfg.apply_spatial_patchify)
+        x, labels, train_scales = truncate_scales(out, scales, self.training_scale_count(scales))
+        return x, labels, train_scales, out.strengths
+
+    def training_scale_count(self, scales) -> int:
+        """Scales trained on: ``config.loss.always_training_scales`` (official default 100: all)."""
+        return max(1, min(int(self.config.loss.get("always_training_scales", 100)), len(scales)))
+
     def step_function(self, bucket: Bucket):
         """The pure train step for one template: ``(state, vae_params, batch) -> (state, metrics)``."""
         c, mcfg = self.config, self.mcfg
         scales = bucket.scales
         ema_decay = float(c.optim.ema_decay)
-        bsc = c.bsc
 
         def step(state, vae_params, batch):
             key = jax.random.fold_in(jax.random.PRNGKey(int(c.seed)), state["step"])
             k_bsc, k_model = jax.random.split(key)
             feats = batch["features"] if "features" in batch else self.encode_images(vae_params, batch["image"])
-            feats = jax.lax.stop_gradient(feats)
-            out_bsc = flip_requant(feats, scales, k_bsc if bsc.enabled else None, strength=float(bsc.strength),
-                                   apply_layers=int(bsc.apply_layers), patchify=mcfg.apply_spatial_patchify)
+            x, labels, train_scales, strengths = self.teacher_forcing(jax.lax.stop_gradient(feats), scales, k_bsc)
 
             out, grads = loss_and_grads(self.md.merge, state["params"], batch["text"], batch["text_mask"],
-                                        out_bsc.x_BLC_wo_prefix, out_bsc.labels, scales, rng=k_model,
+                                        x, labels, train_scales, rng=k_model,
                                         deterministic=False, reweight=bool(c.loss.reweight_by_scale),
                                         label_smoothing=float(c.loss.label_smoothing))
             params, opt_state, gnorm = apply_update(self.tx, state["params"], state["opt_state"], grads)
@@ -381,7 +398,7 @@ class Trainer:
                        "loss_reweighted": out.loss_mean_scale_reweighted, "bit_accuracy": out.bit_accuracy,
                        "token_accuracy": out.token_accuracy, "per_scale_loss": out.per_scale_loss,
                        "per_scale_bit_accuracy": out.per_scale_bit_accuracy, "grad_norm": gnorm,
-                       "lr": self.lr_fn(state["step"]), "bsc_strength": jnp.mean(out_bsc.strengths)}
+                       "lr": self.lr_fn(state["step"]), "bsc_strength": jnp.mean(strengths)}
             return new, metrics
 
         return step
@@ -390,7 +407,7 @@ class Trainer:
         """Global shapes of the device batch for a template."""
         G, T, C = self.global_batch, self.text_len, self.mcfg.text_channels
         H, W = bucket.pixel
-        spec = {"text": jax.ShapeDtypeStruct((G, T, C), jnp.float32, sharding=self.batch_sharding),
+        spec = {"text": jax.ShapeDtypeStruct((G, T, C), self.text_dtype, sharding=self.batch_sharding),
                 "text_mask": jax.ShapeDtypeStruct((G, T), jnp.bool_, sharding=self.batch_sharding)}
         if self.config.tokenizer.in_step:
             spec["image"] = jax.ShapeDtypeStruct((G, H, W, 3), jnp.uint8, sharding=self.batch_sharding)
@@ -452,14 +469,21 @@ class Trainer:
                 self._compiled[key] = fn.lower(self.vae_md.abstract_params(), spec).compile()
         return self._compiled[key]
 
+    @property
+    def text_dtype(self):
+        """dtype of the step's caption features: the online encoder's (``text.dtype``), else float32."""
+        return jnp.dtype(self.config.text.dtype) if self.config.text.source == "t5" else jnp.dtype(jnp.float32)
+
     def device_batch(self, host: dict) -> dict:
-        """This host's numpy rows -> global arrays split over ``data x fsdp``."""
+        """This host's numpy rows -> global arrays split over ``data x fsdp``; with the online
+        encoder the caption features are computed on the devices and stay there."""
         if "text" not in host:
-            host = dict(host)
-            host["text"], host["text_mask"] = self.online_t5(list(host["caption"]))
-        out = {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(host[k]))
-               for k in ("text", "text_mask")}
-        out["text"] = out["text"].astype(jnp.float32) if out["text"].dtype != jnp.float32 else out["text"]
+            text, mask = self.online_t5(list(host["caption"]))
+            out = {"text": text, "text_mask": mask}
+        else:
+            out = {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(host[k]))
+                   for k in ("text", "text_mask")}
+            out["text"] = out["text"].astype(jnp.float32) if out["text"].dtype != jnp.float32 else out["text"]
         image = jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(host["image"], np.uint8))
         if self.config.tokenizer.in_step:
             out["image"] = image
@@ -532,8 +556,9 @@ class Trainer:
 
                 skipped = int(np.sum(multihost_utils.process_allgather(np.asarray(skipped, np.int64))))
             skipped_total += skipped
-            L = bucket.seq_len
-            fl = train_flops(self.mcfg, bucket.scales, self.text_len) * self.global_batch
+            trained = bucket.scales[: self.training_scale_count(bucket.scales)]
+            L = sum(int(np.prod(sc)) for sc in trained)
+            fl = train_flops(self.mcfg, trained, self.text_len) * self.global_batch
             m.update(step_time=dt, images_per_s=self.global_batch / dt, tokens_per_s=self.global_batch * L / dt,
                      tflops_per_device=fl / dt / self.n_devices / 1e12, template=bucket.h_div_w)
             m["data/skipped"] = float(skipped)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 from infinity_jax.schedules import PATCHIFY_FACTOR, official_patchify
@@ -32,6 +33,11 @@ class InfinityConfig:
         (chunked per-scale prefix attention), ``dot_product`` (``jax.nn.dot_product_attention``,
         cuDNN on GPU), ``splash`` (Pallas TPU kernel); see :mod:`infinity_jax.transformer.attention`.
       attention_q_chunk: queries per chunk of the ``xla`` backend (memory ~ chunk x sequence).
+      init_std, init_aln, init_aln_gamma, init_head, init_proj_scale: the official initialisation from
+        scratch (``train.py``: ``init_weights(other_std=tini)`` then ``special_init``), by their
+        official arguments ``--tini`` (< 0: sqrt(1/(3C))), ``--aln``, ``--alng`` (< 0: same as aln),
+        ``--hd0`` (< 0: head not rescaled) and ``--diva`` (1: residual projections x 1/sqrt(2 depth));
+        defaults are ``scripts/train.sh``'s. See :meth:`Infinity.__init__`.
     """
 
     depth: int = 2
@@ -53,6 +59,11 @@ class InfinityConfig:
     dtype: str = "float32"
     attention_impl: str = "auto"
     attention_q_chunk: int = 1024
+    init_std: float = -1.0
+    init_aln: float = 1e-3
+    init_aln_gamma: float = 5e-6
+    init_head: float = 0.02
+    init_proj_scale: int = 1
 
     @property
     def head_dim(self) -> int:
@@ -61,6 +72,16 @@ class InfinityConfig:
     @property
     def mlp_hidden(self) -> int:
         return int(round(self.embed_dim * self.mlp_ratio / 256) * 256)
+
+    @property
+    def init_linear_std(self) -> float:
+        """``--tini``: std of every Linear / Embedding weight (sqrt(1/(3C)) when negative)."""
+        return self.init_std if self.init_std >= 0 else math.sqrt(1 / self.embed_dim / 3)
+
+    @property
+    def init_gamma_mult(self) -> float:
+        """``--alng``: multiplier of the AdaLN gamma channels (``--aln`` when negative)."""
+        return self.init_aln_gamma if self.init_aln_gamma >= 0 else self.init_aln
 
     @property
     def token_bits(self) -> int:
@@ -94,6 +115,8 @@ class InfinityConfig:
             raise ValueError(f"unknown remat_policy {self.remat_policy!r}; choose 'full' or 'dots'")
         if self.attention_q_chunk < 1:
             raise ValueError(f"attention_q_chunk must be positive, got {self.attention_q_chunk}")
+        if self.init_proj_scale not in (0, 1):
+            raise ValueError(f"init_proj_scale (official --diva) must be 0 or 1, got {self.init_proj_scale}")
         if self.depth % max(self.block_chunks, 1):
             raise ValueError(f"depth {self.depth} is not divisible by block_chunks {self.block_chunks}")
         return self

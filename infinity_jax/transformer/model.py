@@ -33,17 +33,31 @@ _zeros = nnx.initializers.zeros_init()
 _ones = nnx.initializers.ones_init()
 
 
-def _trunc_normal(std: float):
-    return nnx.initializers.truncated_normal(stddev=std, lower=-2.0 / std, upper=2.0 / std) if std > 0 else _zeros
+def _trunc_normal(std: float, mult: float = 1.0):
+    """PyTorch's ``trunc_normal_(std=std)`` (cut at +-2 absolute), then ``mul_(mult)``."""
+    if std <= 0 or mult == 0:
+        return _zeros
+    base = nnx.initializers.truncated_normal(stddev=std, lower=-2.0 / std, upper=2.0 / std)
+    return base if mult == 1 else (lambda key, shape, dtype=jnp.float32: base(key, shape, dtype) * mult)
+
+
+def _ada_gss_init(C: int, gamma_mult: float, mult: float):
+    """``randn(1, 1, 6, C) / sqrt(C)``, gamma channels (0, 1) x ``gamma_mult``, scale/shift x ``mult``."""
+    m = jnp.asarray([gamma_mult] * 2 + [mult] * 4, jnp.float32).reshape(1, 1, 6, 1)
+
+    def init(key, shape, dtype=jnp.float32):
+        return (jax.random.normal(key, shape, dtype) / math.sqrt(C) * m).astype(dtype)
+
+    return init
 
 
 class Linear(nnx.Module):
     """``y = x @ kernel (+ bias)`` with logical axis names on the kernel (in_axis, out_axis)."""
 
-    def __init__(self, din: int, dout: int, axes: tuple, *, bias: bool = True, std: float = 0.02,
+    def __init__(self, din: int, dout: int, axes: tuple, *, bias: bool = True, std: float, mult: float = 1.0,
                  rngs: nnx.Rngs):
         self.axes = tuple(axes)
-        self.kernel = nnx.Param(param(_trunc_normal(std), axes)(rngs.params(), (din, dout), jnp.float32))
+        self.kernel = nnx.Param(param(_trunc_normal(std, mult), axes)(rngs.params(), (din, dout), jnp.float32))
         self.bias = nnx.Param(param(_zeros, axes[-1:])(rngs.params(), (dout,), jnp.float32)) if bias else None
 
     def __call__(self, x: jax.Array, dtype=None) -> jax.Array:
@@ -61,7 +75,7 @@ class FusedLinear(nnx.Module):
     x (..., din) -> (..., n, dout).
     """
 
-    def __init__(self, din: int, n: int, dout: int, axes: tuple, *, std: float = 0.02, rngs: nnx.Rngs):
+    def __init__(self, din: int, n: int, dout: int, axes: tuple, *, std: float, rngs: nnx.Rngs):
         self.axes = tuple(axes)
         self.kernel = nnx.Param(param(_trunc_normal(std), axes)(rngs.params(), (din, n, dout), jnp.float32))
 
@@ -147,11 +161,12 @@ class TextPool(nnx.Module):
         C, Ct, H = cfg.embed_dim, cfg.text_channels, cfg.pool_heads
         self.num_heads, self.head_dim = H, C // H
         self.impl = cfg.attention_impl
-        std = math.sqrt(1 / C / 3)
-        self.mat_q = nnx.Param(param(_trunc_normal(std), (None, "heads", "kv"))(rngs.params(), (1, H, C // H), jnp.float32))
-        self.mat_kv = Linear(Ct, 2 * C, ("text_embed", "embed"), bias=False, rngs=rngs)
+        std = cfg.init_linear_std
+        self.mat_q = nnx.Param(param(_trunc_normal(math.sqrt(1 / C / 3)), (None, "heads", "kv"))(
+            rngs.params(), (1, H, C // H), jnp.float32))
+        self.mat_kv = Linear(Ct, 2 * C, ("text_embed", "embed"), bias=False, std=std, rngs=rngs)
         self.v_bias = nnx.Param(param(_zeros, ("embed",))(rngs.params(), (C,), jnp.float32))
-        self.proj = Linear(C, C, ("embed", "embed"), rngs=rngs)
+        self.proj = Linear(C, C, ("embed", "embed"), std=std, rngs=rngs)
 
     def __call__(self, text: jax.Array, mask: jax.Array) -> jax.Array:
         B, T, _ = text.shape
@@ -169,14 +184,14 @@ class SelfAttention(nnx.Module):
 
     def __init__(self, cfg: InfinityConfig, *, rngs: nnx.Rngs):
         C, H = cfg.embed_dim, cfg.num_heads
-        std = math.sqrt(1 / C / 3)
+        std = cfg.init_linear_std
         self.num_heads, self.head_dim = H, C // H
         self.impl, self.q_chunk = cfg.attention_impl, cfg.attention_q_chunk
         self.mat_qkv = FusedLinear(C, 3, C, ("embed", "qkv", "heads"), std=std, rngs=rngs)
         self.q_bias = nnx.Param(param(_zeros, ("heads",))(rngs.params(), (C,), jnp.float32))
         self.v_bias = nnx.Param(param(_zeros, ("heads",))(rngs.params(), (C,), jnp.float32))
         self.scale_mul = nnx.Param(param(nnx.initializers.constant(math.log(4.0)), ("heads",))(rngs.params(), (H,), jnp.float32))
-        self.proj = Linear(C, C, ("heads", "embed"), std=std / math.sqrt(2 * cfg.depth), rngs=rngs)
+        self.proj = Linear(C, C, ("heads", "embed"), std=std, mult=residual_proj_mult(cfg), rngs=rngs)
 
     def qkv(self, x: jax.Array, cos_sin: jax.Array, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Normalised, temperature-scaled, rotated q, k and plain v, each (B,L,H,hd)."""
@@ -209,13 +224,13 @@ class CrossAttention(nnx.Module):
 
     def __init__(self, cfg: InfinityConfig, *, rngs: nnx.Rngs):
         C, H = cfg.embed_dim, cfg.num_heads
-        std = math.sqrt(1 / C / 3)
+        std = cfg.init_linear_std
         self.num_heads, self.head_dim = H, C // H
         self.impl, self.q_chunk = cfg.attention_impl, cfg.attention_q_chunk
         self.mat_q = Linear(C, C, ("embed", "heads"), std=std, rngs=rngs)
         self.mat_kv = FusedLinear(C, 2, C, ("embed", "qkv", "heads"), std=std, rngs=rngs)
         self.v_bias = nnx.Param(param(_zeros, ("heads",))(rngs.params(), (C,), jnp.float32))
-        self.proj = Linear(C, C, ("heads", "embed"), std=std / math.sqrt(2 * cfg.depth), rngs=rngs)
+        self.proj = Linear(C, C, ("heads", "embed"), std=std, mult=residual_proj_mult(cfg), rngs=rngs)
 
     def __call__(self, x, ca_kv, text_mask, dtype):
         B, L, C = x.shape
@@ -232,9 +247,9 @@ class CrossAttention(nnx.Module):
 class FFN(nnx.Module):
     def __init__(self, cfg: InfinityConfig, *, rngs: nnx.Rngs):
         C, M = cfg.embed_dim, cfg.mlp_hidden
-        std = math.sqrt(1 / C / 3)
+        std = cfg.init_linear_std
         self.fc1 = Linear(C, M, ("embed", "mlp"), std=std, rngs=rngs)
-        self.fc2 = Linear(M, C, ("mlp", "embed"), std=std / math.sqrt(2 * cfg.depth), rngs=rngs)
+        self.fc2 = Linear(M, C, ("mlp", "embed"), std=std, mult=residual_proj_mult(cfg), rngs=rngs)
 
     def __call__(self, x, dtype):
         h = constrain(jax.nn.gelu(self.fc1(x, dtype), approximate=True), ("act_batch", "act_len", "act_mlp"))
@@ -247,8 +262,8 @@ class Block(nnx.Module):
     def __init__(self, cfg: InfinityConfig, *, rngs: nnx.Rngs):
         C = cfg.embed_dim
         self.eps = cfg.norm_eps
-        self.ada_gss = nnx.Param(param(nnx.initializers.normal(1 / math.sqrt(C)), (None, None, "adaln", "embed"))(
-            rngs.params(), (1, 1, 6, C), jnp.float32))
+        self.ada_gss = nnx.Param(param(_ada_gss_init(C, cfg.init_gamma_mult, cfg.init_aln),
+                                       (None, None, "adaln", "embed"))(rngs.params(), (1, 1, 6, C), jnp.float32))
         self.sa = SelfAttention(cfg, rngs=rngs)
         self.ca = CrossAttention(cfg, rngs=rngs)
         self.ffn = FFN(cfg, rngs=rngs)
@@ -273,6 +288,11 @@ class Block(nnx.Module):
         return constrain(x, ("act_batch", "act_len", "act_embed"))
 
 
+def residual_proj_mult(cfg: InfinityConfig) -> float:
+    """``--diva``: 1/sqrt(2 depth) on the residual projections (sa.proj, ca.proj, ffn.fc2), or 1."""
+    return 1 / math.sqrt(2 * cfg.depth) if cfg.init_proj_scale == 1 else 1.0
+
+
 def scale_ids(scales: Sequence[Sequence[int]]) -> np.ndarray:
     return np.concatenate([np.full(s[-2] * s[-1], i, np.int32) for i, s in enumerate(scales)])
 
@@ -281,13 +301,20 @@ class Infinity(nnx.Module):
     """The Infinity transformer. See the module docstring for the data flow."""
 
     def __init__(self, cfg: InfinityConfig, *, rngs: nnx.Rngs):
+        """A fresh model with the official initialisation (``init_weights`` + ``special_init``), tini =
+        ``cfg.init_linear_std``: every Linear weight and ``lvl_embed`` ~ N(0, tini) (cut at +-2), biases
+        0, norm scales 1; ``head_ada_lin`` x init_aln; ``head`` x init_head; ``sa.proj``, ``ca.proj``,
+        ``ffn.fc2`` x 1/sqrt(2 depth) (init_proj_scale=1); ``ada_gss`` ~ N(0, 1/C) with gamma channels
+        x init_aln_gamma and scale/shift x init_aln; ``pos_start`` and the text pool's query
+        ~ N(0, 1/(3C)); ``cfg_uncond`` ~ N(0, 1.2) cut at +-2, / sqrt(Ct); ``scale_mul`` log 4."""
         cfg = cfg.validate()
         self.cfg = cfg
         C, Ct, d = cfg.embed_dim, cfg.text_channels, cfg.token_bits
-        std = math.sqrt(1 / C / 3)
+        std = cfg.init_linear_std
         self.cfg_uncond = nnx.Param(param(nnx.initializers.truncated_normal(1.2 / math.sqrt(Ct), lower=-2 / 1.2, upper=2 / 1.2),
                                           ("text_len", "text_embed"))(rngs.params(), (cfg.text_maxlen, Ct), jnp.float32))
-        self.pos_start = nnx.Param(param(_trunc_normal(std), (None, None, "embed"))(rngs.params(), (1, 1, C), jnp.float32))
+        self.pos_start = nnx.Param(param(_trunc_normal(math.sqrt(1 / C / 3)), (None, None, "embed"))(
+            rngs.params(), (1, 1, C), jnp.float32))
         self.text_norm_scale = nnx.Param(param(_ones, ("text_embed",))(rngs.params(), (Ct,), jnp.float32))
         self.text_pool = TextPool(cfg, rngs=rngs)
         self.text_proj1 = Linear(Ct, C, ("text_embed", "embed"), std=std, rngs=rngs)
@@ -295,8 +322,9 @@ class Infinity(nnx.Module):
         self.lvl_embed = nnx.Param(param(_trunc_normal(std), ("levels", "embed"))(rngs.params(), (cfg.num_levels, C), jnp.float32))
         self.word_embed = Linear(d, C, ("bits", "embed"), std=std, rngs=rngs)
         self.shared_ada_lin = Linear(C, 6 * C, ("embed", "adaln"), std=std, rngs=rngs)
-        self.head_ada_lin = Linear(C, 2 * C, ("embed", "adaln"), std=std * 1e-3, rngs=rngs)
-        self.head = Linear(C, cfg.vocab, ("embed", "vocab"), std=std * 0.02, rngs=rngs)
+        self.head_ada_lin = Linear(C, 2 * C, ("embed", "adaln"), std=std, mult=cfg.init_aln, rngs=rngs)
+        self.head = Linear(C, cfg.vocab, ("embed", "vocab"), std=std,
+                           mult=cfg.init_head if cfg.init_head >= 0 else 1.0, rngs=rngs)
         if cfg.scan_blocks:
             @nnx.split_rngs(splits=cfg.depth)
             @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})

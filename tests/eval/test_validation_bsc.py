@@ -92,7 +92,7 @@ def test_bsc_strength_draws_and_labels_follow_the_official_recipe():
     # image 0 alone through the official-style BSC with its key: the same labels, flips at the drawn rate
     one = jax.jit(lambda f, k: flip_requant(f, scales, k, strength=0.2, apply_layers=20))(feats[:1], keys[0])
     np.testing.assert_array_equal(np.asarray(one.labels), np.asarray(labels[:1]))
-    np.testing.assert_allclose(np.asarray(one.strengths), s[0])
+    np.testing.assert_allclose(np.asarray(one.strengths)[0], s[0])
     used, ref = np.asarray(one.used_bits[-1]), np.asarray(one.clean_bits[-1])
     assert abs(np.mean(used != ref) - s[0, -1]) < 4 * np.sqrt(0.25 / used.size) + 1e-6
     # strength 0 is clean teacher forcing

@@ -118,3 +118,30 @@ def test_convert_rejects_wrong_files(official_tiny, tmp_path):
                  f"--transformer={patch / 'weights_infinity.npz'}", f"--vae={official_tiny / 'weights_vae.npz'}",
                  f"--out={tmp_path / 'y'}", ok=False)
         assert p.returncode != 0 and "Traceback" not in p.stderr and "error:" in p.stderr, p.stderr[-2000:]
+
+
+def test_cfg_insertion_layer_is_validated_and_exposed(tiny_ckpt, official_tiny, tmp_path):
+    """0 (logits) or -n with 1 <= n < depth (hidden states); anything else is a one-line error, not
+    guidance silently switched off."""
+    from infinity_jax.sampling.pipeline import Pipeline
+    from infinity_jax.sampling.sampler import SamplingConfig
+
+    _, inputs, _ = fixture(str(official_tiny))
+    pipe = Pipeline.from_checkpoint(tiny_ckpt)
+    depth = pipe.transformer.cfg.depth
+    feats, mask = inputs["text_features"][:1], inputs["text_mask"][:1]
+    for bad in (1, 5, -depth, -depth - 3):
+        with pytest.raises(ValueError, match="cfg_insertion_layer"):
+            pipe(text_features=feats, text_mask=mask, resolution="0.06M", cfg_insertion_layer=bad)
+        with pytest.raises(ValueError, match="cfg_insertion_layer"):
+            pipe.sampler.generate(feats, mask, schedule(str(official_tiny)),
+                                  settings=SamplingConfig(cfg=4.0, cfg_insertion_layer=bad), decode=False)
+    # a valid layer changes the result (guidance moves from the logits to the hidden states)
+    kw = dict(text_features=feats, text_mask=mask, resolution="0.06M", top_k=1, cfg=4.0)
+    on_logits = np.asarray(pipe(**kw).images[0])
+    on_hidden = np.asarray(pipe(cfg_insertion_layer=1 - depth, **kw).images[0])
+    assert not np.array_equal(on_logits, on_hidden)
+    np.savez(tmp_path / "f.npz", features=feats, mask=mask)
+    p = _run("infinity_jax.generate", f"--ckpt={tiny_ckpt}", f"--text_features={tmp_path / 'f.npz'}",
+             "--cfg_insertion_layer=3", f"--out={tmp_path / 'o.png'}", ok=False)
+    assert p.returncode != 0 and "cfg_insertion_layer must be" in p.stderr and "Traceback" not in p.stderr

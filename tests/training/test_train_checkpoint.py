@@ -87,6 +87,55 @@ def test_train_init_from_converted_official_checkpoint(official_tiny):
         np.testing.assert_array_equal(exported[k], np.asarray(v, np.float32), err_msg=k)
 
 
+def test_train_init_official_reads_tensor_by_tensor_into_the_shardings(official_tiny, monkeypatch):
+    """``init.official`` never holds the checkpoint whole: tensors are read lazily, one at a time, and
+    each device's shard is cut from its tensor and placed straight into the parameter's sharding."""
+    import json
+
+    from infinity_jax import state_dict
+    from infinity_jax.training import state as st
+    from infinity_jax.transformer import convert
+
+    man = json.loads((official_tiny / "manifest.json").read_text())["config"]["infinity"]
+    config = load_config(batch_size=8, **{"model.text_channels": man["text_channels"],
+                                          "model.text_maxlen": man["text_maxlen"],
+                                          "init.official": str(official_tiny / "weights_infinity.npz")})
+    tr = Trainer(config, None, mesh=make_mesh({"fsdp": 4, "tensor": 2}))
+
+    def refuse(*a, **k):
+        raise AssertionError("the whole checkpoint or a whole parameter went through host memory")
+
+    monkeypatch.setattr(state_dict, "load_state_dict", refuse)
+    monkeypatch.setattr(convert, "load_state_dict", refuse)
+    monkeypatch.setattr(st, "place_params", refuse)
+    reads = []
+    opened = state_dict.open_state_dict
+
+    def counting_open(path):
+        lazy = opened(path)
+        assert all(isinstance(t, state_dict.LazyTensor) for t in lazy.values())
+        return {k: state_dict.LazyTensor(t.shape, lambda t=t, k=k: reads.append(k) or np.asarray(t))
+                for k, t in lazy.items()}
+
+    monkeypatch.setattr(state_dict, "open_state_dict", counting_open)
+    placed = []
+    make = jax.make_array_from_callback
+
+    def recording(shape, sharding, cb, *a, **k):
+        def wrapped(idx):
+            out = cb(idx)
+            placed.append((tuple(shape), out.shape))
+            return out
+        return make(shape, sharding, wrapped, *a, **k)
+
+    monkeypatch.setattr(jax, "make_array_from_callback", recording)
+    params = tr.init_params()
+    assert reads  # every tensor came through a lazy read
+    assert any(int(np.prod(got)) < int(np.prod(full)) for full, got in placed)  # shards, not whole tensors
+    for a, s in zip(jax.tree.leaves(params), jax.tree.leaves(tr.md.shardings)):
+        assert a.sharding == s
+
+
 def test_train_init_errors_are_clear(tmp_path):
     from infinity_jax.training.trainer import ConfigError
 

@@ -79,3 +79,21 @@ def test_patchify_schedule_shapes():
     # the labels are the tokenizer's bits packed 2x2 (the one patchify of the package)
     packed = np.concatenate([np.asarray(patchify(b)).reshape(1, -1, 56) for b in out.clean_bits], axis=1)
     np.testing.assert_array_equal(np.asarray(out.labels), packed)
+
+
+def test_strength_is_drawn_per_sample():
+    """Official: one strength per scale per rank's local batch; here one per sample and scale."""
+    feat = jnp.asarray(np.random.default_rng(2).normal(size=(16, 16, 16, 32)).astype(np.float32))
+    out = flip_requant(feat, SCALES, jax.random.PRNGKey(5), strength=0.3, apply_layers=6)
+    s = np.asarray(out.strengths)
+    assert s.shape == (16, 7)
+    assert np.all(s[:, 6] == 0)  # beyond apply_layers
+    for k in range(6):
+        assert len(np.unique(s[:, k])) > 3, s[:, k]  # independent draws across the batch
+    k = 5  # 12x12x32 bits per sample: each sample's flip rate follows its own strength
+    used, clean = np.asarray(out.used_bits[k]), np.asarray(out.clean_bits[k])
+    n = clean[0].size
+    for b in range(16):
+        rate = float(np.mean(used[b] != clean[b]))
+        p = s[b, k]
+        assert abs(rate - p) <= 4 * np.sqrt(max(p * (1 - p), 1e-4) / n) + 1e-9, (b, rate, p)
