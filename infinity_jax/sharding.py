@@ -171,10 +171,15 @@ def make_mesh(shape: dict[str, int] | Sequence[int] | None = None, devices=None)
                 axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
+def _mesh_active() -> bool:
+    """Whether a mesh of more than one device is set (``jax.set_mesh``)."""
+    mesh = jax.sharding.get_abstract_mesh() if hasattr(jax.sharding, "get_abstract_mesh") else None
+    return mesh is not None and not mesh.empty and mesh.size > 1
+
+
 def constrain(x: jax.Array, names: Sequence[str | None], rules=LOGICAL_AXIS_RULES) -> jax.Array:
     """``with_sharding_constraint`` by logical names when a mesh is active; no-op otherwise."""
-    mesh = jax.sharding.get_abstract_mesh() if hasattr(jax.sharding, "get_abstract_mesh") else None
-    if mesh is None or mesh.empty or mesh.size <= 1:
+    if not _mesh_active():
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
 
@@ -196,15 +201,12 @@ COMPUTE_RULES = tuple((name, _without(axes, DATA_PARALLEL_AXES)) for name, axes 
 
 def gather_weight(w: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """A weight as its matmul uses it: all-gathered over the data-parallel axes, still split on
-    ``tensor``. Under a mesh this is FSDP's pattern -- gather the (cast) weight in the forward
-    pass, reduce-scatter its gradient in the backward -- rather than leaving the choice to the
-    partitioner, which may keep the weight sharded and all-reduce the activations instead (far
-    more bytes at long sequences). No-op without a mesh.
+    ``tensor``; its gradient is constrained back to the parameter's own shards. Under a mesh
+    this is FSDP's pattern (gather the cast weight for the forward pass) rather than leaving the
+    choice to the partitioner, which may keep the weight sharded and all-reduce activations
+    instead. No-op without a mesh.
     """
-    mesh = jax.sharding.get_abstract_mesh() if hasattr(jax.sharding, "get_abstract_mesh") else None
-    if mesh is None or mesh.empty or mesh.size <= 1:
-        return w
-    return _gather(w, tuple(names))
+    return _gather(w, tuple(names)) if _mesh_active() else w
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
