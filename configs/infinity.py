@@ -105,6 +105,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.init = ml_collections.ConfigDict(dict(official="", checkpoint=""))
     c.log = ml_collections.ConfigDict(dict(every=1, tensorboard=True, progress=True, peak_tflops=0.0))
     c.compilation_cache = ""
+    # Pickled .pth weights (tokenizer.checkpoint, init.official) are read as tensors only; True
+    # unpickles any object, which can run code: only for trusted legacy files.
+    c.trust_pickle = False
     c.debug = ml_collections.ConfigDict(dict(step_sleep=0.0, log_batches=False))
 
     if args.runlocal:

@@ -34,6 +34,8 @@ def define_flags() -> None:
     flags.DEFINE_string("mesh", None, "Mesh for loading, e.g. 'fsdp=-1' or 'data=1,fsdp=4,tensor=2'.")
     flags.DEFINE_float("cfg", 3.0, "Default guidance scale stored with the checkpoint.")
     flags.DEFINE_float("tau", 0.5, "Default temperature stored with the checkpoint.")
+    flags.DEFINE_bool("trust_pickle", False, "Unpickle any object in .pth/.bin files (can run code: trusted files "
+                      "only). Default: tensors only.")
 
 
 def _parse_mesh(spec: str | None):
@@ -49,8 +51,11 @@ def _parse_mesh(spec: str | None):
 
 
 def convert(*, transformer_path, vae_path, out, size=None, official_config=None, t5=None, dtype="float32",
-            mesh=None, sampling=None, log=print) -> pathlib.Path:
-    """Library form of the command; returns the output folder."""
+            mesh=None, sampling=None, trust_pickle=None, log=print) -> pathlib.Path:
+    """Library form of the command; returns the output folder.
+
+    ``trust_pickle``: unpickle any object in ``.pth`` files (default: tensors only).
+    """
     import jax.numpy as jnp  # noqa: PLC0415
 
     from infinity_jax import bundle  # noqa: PLC0415
@@ -76,13 +81,14 @@ def convert(*, transformer_path, vae_path, out, size=None, official_config=None,
     tcfg = tcfg.replace(scan_blocks=True, dtype="float32")
     t0 = time.perf_counter()
     log(f"reading transformer weights {transformer_path}")
-    model = load_transformer(open_state_dict(transformer_path), tcfg, dtype=jnp.dtype(dtype), mesh=mesh)
+    model = load_transformer(open_state_dict(transformer_path, trust_pickle=trust_pickle), tcfg,
+                             dtype=jnp.dtype(dtype), mesh=mesh)
     log(f"  {sum(v.size for v in __import__('jax').tree.leaves(__import__('flax').nnx.state(model))):,} parameters "
         f"checked and loaded in {time.perf_counter() - t0:.1f} s")
     log(f"reading tokenizer weights {vae_path}")
     from infinity_jax.state_dict import load_state_dict  # noqa: PLC0415
 
-    vstate = load_state_dict(vae_path)
+    vstate = load_state_dict(vae_path, trust_pickle=trust_pickle)
     if vae_cfg is None:
         vae_cfg = infer_config(vstate, apply_spatial_patchify=tcfg.apply_spatial_patchify)
     if vae_cfg.codebook_dim != tcfg.codebook_dim:
@@ -107,7 +113,8 @@ def main(argv):
     try:
         convert(transformer_path=FLAGS.transformer, vae_path=FLAGS.vae, out=FLAGS.out, size=FLAGS.size,
                 official_config=FLAGS.official_config, t5=FLAGS.t5, dtype=FLAGS.dtype, mesh=_parse_mesh(FLAGS.mesh),
-                sampling={"cfg": FLAGS.cfg, "tau": FLAGS.tau, "top_k": 900, "top_p": 0.97})
+                sampling={"cfg": FLAGS.cfg, "tau": FLAGS.tau, "top_k": 900, "top_p": 0.97},
+                trust_pickle=FLAGS.trust_pickle or None)
     except CheckpointMismatchError as e:
         sys.exit(f"error: {e}")
     except (ValueError, FileNotFoundError) as e:

@@ -10,6 +10,7 @@ precomputed caption features with ``--text_features FILE.npz`` (arrays ``feature
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 import time
@@ -31,6 +32,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the first image; image i uses s
 _BATCH = flags.DEFINE_integer("batch", 1, "Images per sampling call.")
 _OUT = flags.DEFINE_string("out", "out", "Output PNG path (one prompt) or folder.")
 _SAVE_SCALES = flags.DEFINE_bool("save_scales", False, "Also save the decoded image after every scale as a strip.")
+_TRUST_PICKLE = flags.DEFINE_bool("trust_pickle", False, "Unpickle any object in a .bin text encoder (can run code: "
+                                  "trusted files only). Default: tensors only.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype of the transformer blocks.")
 
 
@@ -52,7 +55,8 @@ def main(argv):
     del argv
     from infinity_jax import schedules  # noqa: PLC0415
     from infinity_jax.bundle import BundleError  # noqa: PLC0415
-    from infinity_jax.state_dict import CheckpointMismatchError  # noqa: PLC0415
+    from infinity_jax.state_dict import (  # noqa: PLC0415
+        TRUST_PICKLE_ENV, CheckpointMismatchError, DamagedCheckpointError, UnsafeCheckpointError)
 
     if not _CKPT.value:
         sys.exit("error: --ckpt is required")
@@ -73,10 +77,12 @@ def main(argv):
 
     from infinity_jax.sampling.pipeline import Pipeline, PromptError, strip  # noqa: PLC0415
 
+    if _TRUST_PICKLE.value:  # read by state_dict for the text encoder's pytorch_model.bin
+        os.environ[TRUST_PICKLE_ENV] = "1"
     t0 = time.perf_counter()
     try:
         pipe = Pipeline.from_checkpoint(_CKPT.value, dtype=_DTYPE.value)
-    except (BundleError, CheckpointMismatchError) as e:
+    except (BundleError, CheckpointMismatchError, UnsafeCheckpointError, DamagedCheckpointError) as e:
         sys.exit(f"error: {e}")
     print(f"loaded {_CKPT.value} in {time.perf_counter() - t0:.1f} s")
     feats = mask = None

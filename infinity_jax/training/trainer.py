@@ -246,6 +246,10 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(f"bad mesh {dict(self.config.mesh)} for {jax.device_count()} devices: {e}") from e
 
+    def _trust_pickle(self) -> bool | None:
+        """``config.trust_pickle`` (True: unpickle any object in .pth files; else only tensors)."""
+        return True if self.config.get("trust_pickle", False) else None
+
     def _vae_config_from_checkpoint(self):
         from infinity_jax.state_dict import load_state_dict  # noqa: PLC0415
         from infinity_jax.tokenizer import convert  # noqa: PLC0415
@@ -253,7 +257,10 @@ class Trainer:
         path = self.config.tokenizer.checkpoint
         if not os.path.exists(path):
             raise ConfigError(f"tokenizer checkpoint {path} does not exist")
-        self._vae_state_dict = load_state_dict(path)
+        try:
+            self._vae_state_dict = load_state_dict(path, trust_pickle=self._trust_pickle())
+        except ValueError as e:  # refused pickle, damaged file
+            raise ConfigError(f"tokenizer.checkpoint: {e}") from None
         vcfg = convert.infer_config(self._vae_state_dict)
         vcfg = dataclasses.replace(vcfg, dtype=str(self.config.tokenizer.dtype),
                                    apply_spatial_patchify=self.mcfg.apply_spatial_patchify)
@@ -287,8 +294,14 @@ class Trainer:
 
             if not os.path.exists(i.official):
                 raise ConfigError(f"init.official checkpoint {i.official} does not exist")
+            from infinity_jax.state_dict import open_state_dict  # noqa: PLC0415
+
+            try:
+                official = open_state_dict(i.official, trust_pickle=self._trust_pickle())
+            except ValueError as e:  # refused pickle, damaged file
+                raise ConfigError(f"init.official: {e}") from None
             with jax.default_device(jax.local_devices(backend="cpu")[0]):
-                model = convert.load(i.official, self.mcfg)
+                model = convert.load(official, self.mcfg)
                 host = st.state_to_tree(nnx.split(model, nnx.Param, ...)[1])
             log.info("initialised from the official checkpoint %s", i.official)
             return st.place_params(self.md, host)
