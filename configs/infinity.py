@@ -96,7 +96,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # wd 0.005 on matrices, clip 5, constant lr, no EMA.
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", b1=0.9, b2=0.97, eps=1e-8, tblr=6e-3, lr=0.0, wd=0.005, clip=5.0,
-        warmup_steps=0, warmup_init=0.005, schedule="constant", final_ratio=1.0, ema_decay=0.0))
+        warmup_steps=0, warmup_init=0.005, schedule="constant", final_ratio=1.0, ema_decay=0.0,
+        # steps with a non-finite loss / gradient norm are skipped; this many in a row stop the run
+        max_nonfinite_steps=10))
     c.loss = ml_collections.ConfigDict(dict(reweight_by_scale=True, label_smoothing=0.0))
     c.bsc = ml_collections.ConfigDict(dict(enabled=True, strength=0.3, apply_layers=13))
 

@@ -47,7 +47,7 @@ def main(argv) -> None:
     from infinity_jax.data.bucketing import EmptyDatasetError  # noqa: PLC0415
     from infinity_jax.schedules import ScheduleError  # noqa: PLC0415
     from infinity_jax.state_dict import CheckpointMismatchError  # noqa: PLC0415
-    from infinity_jax.training.trainer import ConfigError, Trainer  # noqa: PLC0415
+    from infinity_jax.training.trainer import ConfigError, DivergedError, Trainer  # noqa: PLC0415
 
     config = _CONFIG.value
     if config is None:
@@ -69,6 +69,9 @@ def main(argv) -> None:
             CheckpointMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except DivergedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
 
 
 def _load_config_file(spec: str):

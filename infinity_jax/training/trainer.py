@@ -46,6 +46,46 @@ class ConfigError(ValueError):
     """A mistake in the experiment config (reported without a traceback by ``train.py``)."""
 
 
+class DivergedError(RuntimeError):
+    """Too many steps in a row with a non-finite loss or gradient norm (the run stops)."""
+
+
+class NonFiniteGuard:
+    """Counts steps whose loss or gradient norm is not finite (their update is skipped in the step).
+
+    ``total``: all such steps of the run's history; ``run``: how many in a row up to the last
+    step; ``diverged`` once ``run`` reaches ``max_in_a_row``.
+    """
+
+    def __init__(self, max_in_a_row: int):
+        self.max_in_a_row = max(1, max_in_a_row)
+        self.total = self.run = 0
+        self.first_bad = None
+        self.last: dict = {}
+
+    def update(self, step: int, m: dict) -> None:
+        """Read one logged step's metrics (adds ``nonfinite_total`` to them)."""
+        bad = bool(m.get("nonfinite", 0.0))
+        self.total += bad
+        self.run = self.run + 1 if bad else 0
+        if bad and self.run == 1:
+            self.first_bad = step
+        self.last = {"step": step, "loss": m.get("loss"), "grad_norm": m.get("grad_norm")}
+        m["nonfinite_total"] = float(self.total)
+
+    @property
+    def diverged(self) -> bool:
+        return self.run >= self.max_in_a_row
+
+    def message(self, latest_checkpoint: int | None) -> str:
+        ck = (f"the newest checkpoint (step {latest_checkpoint}) is finite and kept" if latest_checkpoint is not None
+              else "no checkpoint was saved")
+        return (f"training diverged: {self.run} steps in a row (steps {self.first_bad}..{self.last['step']}) had a "
+                f"non-finite loss ({self.last['loss']}) or gradient norm ({self.last['grad_norm']}); their updates "
+                f"were skipped and {ck}; lower the learning rate (config.optim.tblr / optim.lr) or raise "
+                f"optim.max_nonfinite_steps")
+
+
 # ------------------------------------------------------------------------------------ configs
 def model_config(config) -> InfinityConfig:
     """The transformer config: an official size with ``config.model`` overrides, or ``size=tiny``."""
@@ -235,6 +275,7 @@ class Trainer:
         self.batch_sharding = NamedSharding(self.mesh, P(self.batch_axes if self.batch_axes else None))
         self.replicated = NamedSharding(self.mesh, P())
         self._compiled: dict[Any, Any] = {}
+        self._finite_fn = None
         self.online_t5 = None
         self.vae_params = None
         self.peak = peak_tflops(jax.devices()[0].device_kind, float(c.log.peak_tflops))
@@ -387,14 +428,22 @@ class Trainer:
                                         deterministic=False, reweight=bool(c.loss.reweight_by_scale),
                                         label_smoothing=float(c.loss.label_smoothing))
             params, opt_state, gnorm = apply_update(self.tx, state["params"], state["opt_state"], grads)
+            # a non-finite loss or gradient: keep the previous parameters and optimizer state (the
+            # batch is consumed; the host counts these steps and stops after too many in a row)
+            finite = jnp.isfinite(out.loss) & jnp.isfinite(gnorm)
+            keep = lambda new_, old: jnp.where(finite, new_, old)  # noqa: E731
+            params = jax.tree.map(keep, params, state["params"])
+            opt_state = jax.tree.map(keep, opt_state, state["opt_state"])
             new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
             if self.use_ema:
-                new["ema"] = jax.tree.map(lambda e, p: e * ema_decay + (1 - ema_decay) * p, state["ema"], params)
+                new["ema"] = jax.tree.map(lambda e, p: keep(e * ema_decay + (1 - ema_decay) * p, e), state["ema"],
+                                          params)
             metrics = {"loss": out.loss, "loss_uniform": out.loss_mean_uniform,
                        "loss_reweighted": out.loss_mean_scale_reweighted, "bit_accuracy": out.bit_accuracy,
                        "token_accuracy": out.token_accuracy, "per_scale_loss": out.per_scale_loss,
                        "per_scale_bit_accuracy": out.per_scale_bit_accuracy, "grad_norm": gnorm,
-                       "lr": self.lr_fn(state["step"]), "bsc_strength": jnp.mean(out_bsc.strengths)}
+                       "lr": self.lr_fn(state["step"]), "bsc_strength": jnp.mean(out_bsc.strengths),
+                       "nonfinite": 1.0 - finite.astype(jnp.float32)}
             return new, metrics
 
         return step
@@ -500,9 +549,11 @@ class Trainer:
         self.load_tokenizer()
         restored = ckpt.restore(self.abstract_state(), pipeline.iterator) if ckpt and ckpt.all_steps() else None
         skipped_total = 0
+        guard = NonFiniteGuard(int(c.optim.get("max_nonfinite_steps", 10)))
         if restored is not None:
             step, state, meta = restored
             skipped_total = int(meta.get("skipped_total", 0)) if primary else 0
+            guard.total = int(meta.get("nonfinite_total", 0))
             self._check_resumed_config(meta)
             msg = f"resumed from {ckpt.directory}/{step} (data at batch {pipeline.get_state()})"
         else:
@@ -551,6 +602,7 @@ class Trainer:
                      tflops_per_device=fl / dt / self.n_devices / 1e12, template=bucket.h_div_w)
             m["data/skipped"] = float(skipped)
             m["data/skipped_total"] = float(skipped_total)
+            guard.update(pstep, m)
             if self.peak:
                 m["mfu"] = m["tflops_per_device"] / self.peak
             logger.write(pstep, m)
@@ -568,14 +620,22 @@ class Trainer:
                                                 "index": [int(x) for x in host["index"]]}) + "\n")
                 if pending is not None:
                     flush(pending)
+                    if guard.diverged:
+                        break
                 pending = (step, metrics, bucket, int(host["skipped"]))
                 if ckpt and (step % int(c.checkpoint.every) == 0 or step == total):
                     flush(pending)
                     pending = None
-                    ckpt.save(step, state, pipeline.iterator,
-                              meta={"step": step, "config": json.loads(c.to_json_best_effort()),
-                                    "mesh": dict(self.mesh.shape), "skipped_total": skipped_total,
-                                    "process_count": jax.process_count(), "time": time.time()})
+                    if guard.diverged:
+                        break
+                    if guard.run or not self.params_finite(state):
+                        logger.text(f"step {step} not saved: its loss, gradient or parameters are not finite")
+                    else:
+                        ckpt.save(step, state, pipeline.iterator,
+                                  meta={"step": step, "config": json.loads(c.to_json_best_effort()),
+                                        "mesh": dict(self.mesh.shape), "skipped_total": skipped_total,
+                                        "nonfinite_total": guard.total,
+                                        "process_count": jax.process_count(), "time": time.time()})
                 if c.debug.step_sleep:
                     time.sleep(float(c.debug.step_sleep))
             if pending is not None:
@@ -590,7 +650,19 @@ class Trainer:
                             f"{int(skipped_total)} corrupt or unreadable samples skipped in this run's history")
             logger.close()
         self.state = state
+        if guard.diverged:
+            raise DivergedError(guard.message(ckpt.latest_step() if ckpt else None))
         return last
+
+    def params_finite(self, state: dict) -> bool:
+        """Whether every parameter (and EMA) of ``state`` is finite (one fused reduction on device)."""
+        if self._finite_fn is None:
+            def all_finite(tree):
+                leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                          if jnp.issubdtype(x.dtype, jnp.inexact)]
+                return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+            self._finite_fn = jax.jit(all_finite)
+        return bool(self._finite_fn({k: state[k] for k in ("params", "ema") if k in state}))
 
     def _check_resumed_config(self, meta: dict) -> None:
         saved = (meta.get("config") or {})
