@@ -47,6 +47,7 @@ def main(argv) -> None:
     from infinity_jax.data.bucketing import EmptyDatasetError  # noqa: PLC0415
     from infinity_jax.schedules import ScheduleError  # noqa: PLC0415
     from infinity_jax.state_dict import CheckpointMismatchError  # noqa: PLC0415
+    from infinity_jax.training.checkpoint import NoGoodCheckpointError  # noqa: PLC0415
     from infinity_jax.training.trainer import ConfigError, DivergedError, Trainer  # noqa: PLC0415
 
     config = _CONFIG.value
@@ -66,7 +67,7 @@ def main(argv) -> None:
         trainer = Trainer(config, workdir)
         trainer.train()
     except (ConfigError, EmptyDatasetError, ScheduleError, FileNotFoundError, FileExistsError,
-            CheckpointMismatchError) as e:
+            CheckpointMismatchError, NoGoodCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except DivergedError as e:

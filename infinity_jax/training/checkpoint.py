@@ -9,7 +9,10 @@
 
 Orbax only lists a step once all of its items are committed, so a run killed mid-save leaves a
 temporary folder that is ignored; :meth:`Checkpointer.restore` also falls back to the previous
-step when the latest one cannot be read. Restoring onto a different mesh is a matter of passing
+step when the latest one cannot be read, and moves the damaged step aside to
+``WORKDIR/checkpoints.damaged/<step>-<time>`` (renamed, never deleted) so that the resumed run can
+save that step again. When no step at all can be read, :class:`NoGoodCheckpointError` says so and
+nothing is moved. Restoring onto a different mesh is a matter of passing
 a target whose ShapeDtypeStructs carry the new shardings.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import time
 from typing import Any
 
 import jax
@@ -28,6 +32,10 @@ def _ocp():
     import orbax.checkpoint as ocp  # noqa: PLC0415
 
     return ocp
+
+
+class NoGoodCheckpointError(RuntimeError):
+    """Checkpoints exist but none of them can be restored."""
 
 
 class Checkpointer:
@@ -86,11 +94,35 @@ class Checkpointer:
                 continue
             if data_state is not None:
                 data_iterator.set_state(data_state)
+            for bad, _ in errors:
+                self._move_aside(bad)
             return s, out["state"], dict(out["meta"] or {})
         if errors:
-            raise RuntimeError(f"no checkpoint in {self.directory} could be restored: "
-                               + "; ".join(f"step {s}: {e}" for s, e in errors))
+            raise NoGoodCheckpointError(
+                f"no checkpoint in {self.directory} could be restored ("
+                + "; ".join(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                            for s, e in errors)
+                + "); move that folder away to start from scratch")
         return None
+
+    def _move_aside(self, step: int) -> None:
+        """Rename the damaged ``step`` folder to ``<directory>.damaged/<step>-<time>`` (process 0)."""
+        if "://" in self.directory:
+            log.warning("checkpoint step %s is damaged; remove it by hand (remote storage)", step)
+            return
+        src = pathlib.Path(self.directory) / str(step)
+        if jax.process_index() == 0 and src.exists():
+            dst = pathlib.Path(self.directory + ".damaged") / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            while dst.exists():
+                dst = dst.with_name(dst.name + "x")
+            os.replace(src, dst)
+            log.warning("moved the damaged checkpoint step %s aside to %s", step, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            multihost_utils.sync_global_devices(f"checkpoint_move_aside_{step}")
+        self.manager.reload()
 
     def _data_file(self, step: int, index: int, count: int) -> pathlib.Path | None:
         if "://" in self.directory:
