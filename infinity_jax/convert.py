@@ -13,7 +13,9 @@ constructor arguments instead of ``--size`` (e.g. a fixture's manifest.json).
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import shutil
 import sys
 import time
 
@@ -29,7 +31,8 @@ def define_flags() -> None:
     flags.DEFINE_string("transformer", None, "Official transformer weights (.pth, .safetensors, folder, .npz).")
     flags.DEFINE_string("vae", None, "Official VAE weights (.pth, .safetensors, .npz).")
     flags.DEFINE_string("t5", None, "Optional Hugging Face Flan-T5 folder to bundle as the text encoder.")
-    flags.DEFINE_string("out", None, "Output checkpoint folder.")
+    flags.DEFINE_string("out", None, "Output checkpoint folder (must be empty or new, unless --overwrite).")
+    flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out folder (its whole content).")
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype.")
     flags.DEFINE_string("mesh", None, "Mesh for loading, e.g. 'fsdp=-1' or 'data=1,fsdp=4,tensor=2'.")
     flags.DEFINE_float("cfg", 3.0, "Default guidance scale stored with the checkpoint.")
@@ -51,10 +54,12 @@ def _parse_mesh(spec: str | None):
 
 
 def convert(*, transformer_path, vae_path, out, size=None, official_config=None, t5=None, dtype="float32",
-            mesh=None, sampling=None, trust_pickle=None, log=print) -> pathlib.Path:
+            mesh=None, sampling=None, trust_pickle=None, overwrite=False, log=print) -> pathlib.Path:
     """Library form of the command; returns the output folder.
 
-    ``trust_pickle``: unpickle any object in ``.pth`` files (default: tensors only).
+    ``trust_pickle``: unpickle any object in ``.pth`` files (default: tensors only). A non-empty
+    ``out`` is refused unless ``overwrite`` (then replaced whole). The bundle is written to a
+    temporary sibling folder and renamed to ``out`` at the end: an interrupted run leaves nothing.
     """
     import jax.numpy as jnp  # noqa: PLC0415
 
@@ -68,6 +73,9 @@ def convert(*, transformer_path, vae_path, out, size=None, official_config=None,
 
     if (size is None) == (official_config is None):
         raise ValueError("give exactly one of --size and --official_config")
+    out = pathlib.Path(out).absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     vae_cfg = None
     if size is not None:
         tcfg = size_config(size)
@@ -95,9 +103,33 @@ def convert(*, transformer_path, vae_path, out, size=None, official_config=None,
         raise ValueError(f"the VAE has {vae_cfg.codebook_dim} bits per token but the transformer expects "
                          f"{tcfg.codebook_dim}: wrong VAE file for this model size?")
     vae = vae_from_official(vstate, vae_cfg)
-    out = bundle.save(out, model, vae, text_encoder_folder=t5, sampling=sampling or {})
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        bundle.save(tmp, model, vae, text_encoder_folder=t5, sampling=sampling or {})
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log(f"wrote {out}")
     return out
+
+
+def _replace(tmp: pathlib.Path, out: pathlib.Path) -> None:
+    """Rename the finished ``tmp`` folder to ``out`` (an existing ``out`` is moved away first, then removed)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
 
 
 def main(argv):
@@ -114,10 +146,10 @@ def main(argv):
         convert(transformer_path=FLAGS.transformer, vae_path=FLAGS.vae, out=FLAGS.out, size=FLAGS.size,
                 official_config=FLAGS.official_config, t5=FLAGS.t5, dtype=FLAGS.dtype, mesh=_parse_mesh(FLAGS.mesh),
                 sampling={"cfg": FLAGS.cfg, "tau": FLAGS.tau, "top_k": 900, "top_p": 0.97},
-                trust_pickle=FLAGS.trust_pickle or None)
+                trust_pickle=FLAGS.trust_pickle or None, overwrite=FLAGS.overwrite)
     except CheckpointMismatchError as e:
         sys.exit(f"error: {e}")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         sys.exit(f"error: {e}")
 
 
