@@ -81,7 +81,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         source=args.data, path="",
         tfds=dict(name="", data_dir="", split="train", image_key="image", caption_key="caption"),
         synthetic=dict(num_records=1024, sizes=((256, 256),), seed=0, corrupt=()),
-        factory="", factory_kwargs={},
+        factory="", factory_kwargs={}, synthetic_unless_path=False,
         seed=0, shuffle=True, num_epochs=0, num_threads=8, prefetch=4, workers=0))
 
     if args.data == "shapes":  # the demo's procedural shapes with GenEval-like captions
@@ -120,8 +120,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.model.text_channels = 64 if args.size == "tiny" else 2048
         c.tokenizer.update(base_ch=32, num_res_blocks=1)
         c.text.update(source="random" if args.text == "t5" else args.text, max_len=16)
-        if args.data == "arrayrecord" and not c.data.path:
-            c.data.source = "synthetic"
+        if args.data == "arrayrecord":  # synthetic images, unless --config.data.path names shards
+            c.data.update(source="synthetic", synthetic_unless_path=True)
         if args.data == "shapes":
             c.data.factory_kwargs.size = 64
         c.data.synthetic.update(num_records=64, sizes=((64, 64),))

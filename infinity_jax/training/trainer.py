@@ -116,8 +116,21 @@ def vae_config(config, mcfg: InfinityConfig):
         raise ConfigError(f"bad tokenizer config: {e}") from e
 
 
+def resolve_data_source(config) -> None:
+    """An explicit ``data.path`` wins over the synthetic default of ``runlocal=True``
+    (``data.synthetic_unless_path``); a path with an explicit synthetic source is an error."""
+    d = config.data
+    if d.source == "synthetic" and d.path:
+        if not d.get("synthetic_unless_path", False):
+            raise ConfigError(f"config.data.path={d.path!r} is set but config.data.source='synthetic' ignores it; "
+                              f"drop one of them")
+        d.source = "arrayrecord"
+        log.info("reading the shards in config.data.path=%s (runlocal's synthetic data is replaced)", d.path)
+
+
 def check_config(config) -> None:
     """Checks that make user mistakes clear messages instead of tracebacks deep in the loop."""
+    resolve_data_source(config)
     if config.text.source not in ("t5", "precomputed", "random"):
         raise ConfigError(f"config.text.source must be 't5', 'precomputed' or 'random', got {config.text.source!r}")
     if config.text.source == "t5" and not config.text.t5_path:
