@@ -66,10 +66,15 @@ def main(argv) -> None:
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         trainer = Trainer(config, workdir)
         trainer.train()
+        if trainer.stopped_by:  # SIGTERM / SIGINT: checkpoint saved, the same command resumes
+            sys.exit(128 + int(trainer.stopped_by))
     except (ConfigError, EmptyDatasetError, ScheduleError, FileNotFoundError, FileExistsError,
             CheckpointMismatchError, NoGoodCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted before training started (nothing to save)", file=sys.stderr)
+        sys.exit(130)
     except DivergedError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import time
 from typing import Any
 
@@ -32,6 +33,7 @@ from infinity_jax.data.bucketing import Bucket, make_buckets
 from infinity_jax.sharding import make_mesh
 from infinity_jax.training import state as st
 from infinity_jax.training.metrics import MetricsLogger, peak_tflops, scalar_metrics
+from infinity_jax.training.preemption import StopSignals
 from infinity_jax.training.optimizer import learning_rate_schedule, make_optimizer, peak_learning_rate
 from infinity_jax.training.step import apply_update, loss_and_grads
 from infinity_jax.transformer.config import SIZE_NAMES, InfinityConfig, size_config
@@ -552,6 +554,7 @@ class Trainer:
         """Run (or resume) training to ``config.total_steps``; returns the last logged metrics."""
         c = self.config
         primary = jax.process_index() == 0
+        self.stopped_by = None
         ckpt = None
         if self.workdir:
             from infinity_jax.training.checkpoint import Checkpointer  # noqa: PLC0415
@@ -621,6 +624,7 @@ class Trainer:
             logger.write(pstep, m)
             last = {"step": pstep, **m}
 
+        stop_signals = StopSignals().__enter__()  # left in the finally below
         try:
             while step < total:
                 host = next(pipeline)
@@ -636,7 +640,8 @@ class Trainer:
                     if guard.diverged:
                         break
                 pending = (step, metrics, bucket, int(host["skipped"]))
-                if ckpt and (step % int(c.checkpoint.every) == 0 or step == total):
+                stop = stop_signals.requested()
+                if ckpt and (step % int(c.checkpoint.every) == 0 or step == total or stop):
                     flush(pending)
                     pending = None
                     if guard.diverged:
@@ -649,11 +654,17 @@ class Trainer:
                                         "mesh": dict(self.mesh.shape), "skipped_total": skipped_total,
                                         "nonfinite_total": guard.total,
                                         "process_count": jax.process_count(), "time": time.time()})
+                if stop:
+                    self.stopped_by = stop
+                    logger.text(f"stopped by {signal.Signals(stop).name} at step {step}"
+                                + ("; checkpoint saved, run the same command to resume" if ckpt else ""))
+                    break
                 if c.debug.step_sleep:
                     time.sleep(float(c.debug.step_sleep))
             if pending is not None:
                 flush(pending)
         finally:
+            stop_signals.__exit__(None, None, None)
             if ckpt:
                 ckpt.close()
             if batch_log is not None:
