@@ -49,6 +49,7 @@ def main(argv) -> None:
     from infinity_jax.state_dict import CheckpointMismatchError  # noqa: PLC0415
     from infinity_jax.training.checkpoint import NoGoodCheckpointError  # noqa: PLC0415
     from infinity_jax.training.trainer import ConfigError, DivergedError, Trainer  # noqa: PLC0415
+    from infinity_jax.training.workdir_lock import WorkdirLockedError  # noqa: PLC0415
 
     config = _CONFIG.value
     if config is None:
@@ -69,7 +70,7 @@ def main(argv) -> None:
         if trainer.stopped_by:  # SIGTERM / SIGINT: checkpoint saved, the same command resumes
             sys.exit(128 + int(trainer.stopped_by))
     except (ConfigError, EmptyDatasetError, ScheduleError, FileNotFoundError, FileExistsError,
-            CheckpointMismatchError, NoGoodCheckpointError) as e:
+            CheckpointMismatchError, NoGoodCheckpointError, WorkdirLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

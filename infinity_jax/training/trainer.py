@@ -34,6 +34,7 @@ from infinity_jax.sharding import make_mesh
 from infinity_jax.training import state as st
 from infinity_jax.training.metrics import MetricsLogger, peak_tflops, scalar_metrics
 from infinity_jax.training.preemption import StopSignals
+from infinity_jax.training.workdir_lock import WorkdirLock
 from infinity_jax.training.optimizer import learning_rate_schedule, make_optimizer, peak_learning_rate
 from infinity_jax.training.step import apply_update, loss_and_grads
 from infinity_jax.transformer.config import SIZE_NAMES, InfinityConfig, size_config
@@ -551,10 +552,25 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def train(self) -> dict:
-        """Run (or resume) training to ``config.total_steps``; returns the last logged metrics."""
+        """Run (or resume) training to ``config.total_steps``; returns the last logged metrics.
+
+        The workdir is locked for the run (a second run on it fails with the holder named);
+        ``self.stopped_by`` is the signal number when SIGTERM / SIGINT stopped the run.
+        """
+        self.stopped_by = None
+        lock = None
+        if self.workdir and jax.process_index() == 0 and "://" not in self.workdir:
+            lock = WorkdirLock(self.workdir).acquire()
+        try:
+            return self._train()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self) -> dict:
+        """The body of :meth:`train` (with the workdir locked)."""
         c = self.config
         primary = jax.process_index() == 0
-        self.stopped_by = None
         ckpt = None
         if self.workdir:
             from infinity_jax.training.checkpoint import Checkpointer  # noqa: PLC0415
