@@ -47,7 +47,7 @@ def main(argv) -> None:
     from infinity_jax.data.bucketing import EmptyDatasetError  # noqa: PLC0415
     from infinity_jax.schedules import ScheduleError  # noqa: PLC0415
     from infinity_jax.state_dict import CheckpointMismatchError  # noqa: PLC0415
-    from infinity_jax.training.checkpoint import NoGoodCheckpointError  # noqa: PLC0415
+    from infinity_jax.training.checkpoint import CheckpointWriteError, NoGoodCheckpointError  # noqa: PLC0415
     from infinity_jax.training.trainer import ConfigError, DivergedError, Trainer  # noqa: PLC0415
     from infinity_jax.training.workdir_lock import WorkdirLockedError  # noqa: PLC0415
 
@@ -72,6 +72,13 @@ def main(argv) -> None:
     except (ConfigError, EmptyDatasetError, ScheduleError, FileNotFoundError, FileExistsError,
             CheckpointMismatchError, NoGoodCheckpointError, WorkdirLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except CheckpointWriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # read-only or full disk, missing permissions: name the file
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e} (check the disk space and permissions of --workdir)", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted before training started (nothing to save)", file=sys.stderr)
