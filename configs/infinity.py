@@ -110,7 +110,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Pickled .pth weights (tokenizer.checkpoint, init.official) are read as tensors only; True
     # unpickles any object, which can run code: only for trusted legacy files.
     c.trust_pickle = False
-    c.debug = ml_collections.ConfigDict(dict(step_sleep=0.0, log_batches=False))
+    c.debug = ml_collections.ConfigDict(dict(step_sleep=0.0, log_batches=False, memory_check=True))
 
     if args.runlocal:
         c.pn = "0.06M"

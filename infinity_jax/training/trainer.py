@@ -222,6 +222,25 @@ def random_encoder_params(md: st.ModelDef, seed: int) -> dict:
     return jax.tree_util.tree_map_with_path(one, st.state_to_tree(md.abstract))
 
 
+def _host_available_bytes() -> int | None:
+    """``MemAvailable`` of /proc/meminfo (None where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _device_limit_bytes() -> int | None:
+    try:
+        return int((jax.local_devices()[0].memory_stats() or {}).get("bytes_limit", 0)) or None
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+
+
 def _memory_line(compiled) -> str:
     try:
         m = compiled.memory_analysis()
@@ -577,6 +596,8 @@ class Trainer:
 
             ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep=int(c.checkpoint.keep),
                                 async_save=bool(c.checkpoint.async_save))
+        if c.debug.get("memory_check", True):
+            self.check_memory()
         pipeline = self.build_pipeline()
         self.load_tokenizer()
         restored = ckpt.restore(self.abstract_state(), pipeline.iterator) if ckpt and ckpt.all_steps() else None
@@ -693,6 +714,33 @@ class Trainer:
         if guard.diverged:
             raise DivergedError(guard.message(ckpt.latest_step() if ckpt else None))
         return last
+
+    def memory_estimate(self) -> dict:
+        """A lower bound of the memory the train state needs before any activation: weights,
+        gradients, two AdamW moments (and the EMA), per device (``bytes``: on this host for CPU
+        devices, which share its memory; on the most loaded device otherwise)."""
+        _, per_dev = self.md.param_bytes()
+        copies = 4 + int(self.use_ema)  # params, grads, mu, nu (+ ema)
+        local = len(jax.local_devices())
+        on_host = jax.devices()[0].platform == "cpu"
+        return {"bytes": per_dev * copies * (local if on_host else 1), "copies": copies, "host": on_host}
+
+    def check_memory(self, available_bytes: int | None = None) -> None:
+        """Stop with the figure and the fix when :meth:`memory_estimate` exceeds the memory available
+        (host RAM for CPU devices, else the device's limit; unknown -> no check)."""
+        est = self.memory_estimate()
+        if available_bytes is None:
+            available_bytes = _host_available_bytes() if est["host"] else _device_limit_bytes()
+        if not available_bytes or est["bytes"] <= available_bytes:
+            return
+        gib = 2 ** 30
+        n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(st.state_to_tree(self.md.abstract)))
+        where = "host memory" if est["host"] else f"memory on each {jax.devices()[0].device_kind}"
+        raise ConfigError(
+            f"this run needs at least {est['bytes'] / gib:.1f} GiB of {where} ({n / 1e9:.2f}B parameters x "
+            f"{est['copies']} for weights, gradients and AdamW state, before activations) but "
+            f"{available_bytes / gib:.1f} GiB is available; use a smaller model (size=tiny or size=layer12), "
+            f"more devices, or set config.debug.memory_check=False to try anyway")
 
     def params_finite(self, state: dict) -> bool:
         """Whether every parameter (and EMA) of ``state`` is finite (one fused reduction on device)."""
