@@ -179,6 +179,31 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool | None = None
     raise ValueError(f"unsupported checkpoint format {path.suffix!r} ({path}); use .pth, .safetensors or .npz")
 
 
+class CheckpointValueError(ValueError):
+    """Tensors whose values cannot be weights: non-float dtypes, NaN or inf (listed by key)."""
+
+
+def value_problem(value) -> str | None:
+    """Why ``value`` cannot be a float weight (``'int64 values where floats are expected'``,
+    ``'3 non-finite values (NaN/inf) of 1024'``), or None."""
+    a = np.asarray(value)
+    if a.dtype.kind != "f":
+        return f"{a.dtype} values where floats are expected"
+    bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+    return f"{bad} non-finite values (NaN/inf) of {a.size}" if bad else None
+
+
+def check_values(what: str, items: Iterable[tuple[str, object]]) -> None:
+    """Raise :class:`CheckpointValueError` naming every key of ``items`` whose value is not a finite float."""
+    problems = [(k, p) for k, v in items if (p := value_problem(v)) is not None]
+    if problems:
+        lines = [f"{what} has tensors that cannot be weights ({len(problems)}):"]
+        lines += [f"  {k}: {p}" for k, p in problems[:50]]
+        if len(problems) > 50:
+            lines.append(f"  ... and {len(problems) - 50} more")
+        raise CheckpointValueError("\n".join(lines))
+
+
 def check_keys(what: str, state: Mapping[str, np.ndarray], expected: Mapping[str, tuple],
                ignore: Iterable[str] = ()) -> None:
     """Raise :class:`CheckpointMismatchError` unless ``state`` has exactly ``expected``'s keys and shapes.

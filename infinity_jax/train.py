@@ -46,7 +46,7 @@ def main(argv) -> None:
 
     from infinity_jax.data.bucketing import EmptyDatasetError  # noqa: PLC0415
     from infinity_jax.schedules import ScheduleError  # noqa: PLC0415
-    from infinity_jax.state_dict import CheckpointMismatchError  # noqa: PLC0415
+    from infinity_jax.state_dict import CheckpointMismatchError, CheckpointValueError  # noqa: PLC0415
     from infinity_jax.training.checkpoint import CheckpointWriteError, NoGoodCheckpointError  # noqa: PLC0415
     from infinity_jax.training.trainer import ConfigError, DivergedError, Trainer  # noqa: PLC0415
     from infinity_jax.training.workdir_lock import WorkdirLockedError  # noqa: PLC0415
@@ -70,7 +70,7 @@ def main(argv) -> None:
         if trainer.stopped_by:  # SIGTERM / SIGINT: checkpoint saved, the same command resumes
             sys.exit(128 + int(trainer.stopped_by))
     except (ConfigError, EmptyDatasetError, ScheduleError, FileNotFoundError, FileExistsError,
-            CheckpointMismatchError, NoGoodCheckpointError, WorkdirLockedError) as e:
+            CheckpointMismatchError, CheckpointValueError, NoGoodCheckpointError, WorkdirLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except CheckpointWriteError as e:
