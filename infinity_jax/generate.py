@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 import time
@@ -120,19 +121,24 @@ def read_text_features(path: str):
 def output_plan(out: str, n: int) -> tuple[pathlib.Path, str | None]:
     """``(path, format)``: one image file when ``out`` has an image suffix, else a folder (format None).
 
-    Checks that the target can be written (creates the folder) before anything is loaded.
+    Checks that the target can be written before anything is loaded (a folder created for the
+    check is removed again: a run that fails later leaves nothing behind).
     """
     path = pathlib.Path(out)
     fmt = IMAGE_SUFFIXES.get(path.suffix.lower())
     if fmt is not None and n != 1:
         raise ValueError(f"--out {path} names one file but there are {n} images; give a folder")
-    folder = path.parent if fmt else path
+    folder = (path.parent if fmt else path).absolute()
+    created = next((p for p in [*reversed(folder.parents), folder] if not p.exists()), None)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as e:
         raise ValueError(f"cannot write to --out {path}: {e.strerror or e}") from None
+    finally:
+        if created is not None and created.is_dir():
+            shutil.rmtree(created, ignore_errors=True)
     return path, fmt
 
 
@@ -185,6 +191,7 @@ def main(argv):
         sched = pipe.schedule_for(_ASPECT.value, _RES.value)
     except schedules.ScheduleError as e:
         sys.exit(f"error: {e}\nsupported templates (h/w): {', '.join(str(t) for t in schedules.H_DIV_W_TEMPLATES)}")
+    (out.parent if fmt else out).mkdir(parents=True, exist_ok=True)
     n = len(prompts)
     bar = tqdm(total=n * len(sched), desc="sampling", unit="scale", disable=None)
     times = []
