@@ -6,7 +6,9 @@ import math
 import pathlib
 import sys
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "training"))
 from train_helpers import run_train  # noqa: E402
@@ -24,13 +26,8 @@ def test_diverged_run_stops_and_keeps_the_finite_checkpoint(tmp_path):
     assert math.isfinite(m[0]["loss"]) and m[0]["nonfinite_total"] == 0
     bad = [r for r in m if not math.isfinite(r["loss"])]
     assert len(bad) == 2 and bad[-1]["nonfinite_total"] == 2
-    from infinity_jax.training.checkpoint import Checkpointer  # noqa: PLC0415
-
     steps = sorted(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit())
     assert steps and max(steps) == m[0]["step"], steps  # only finite steps were saved, the good one kept
-    import orbax.checkpoint as ocp  # noqa: PLC0415
-
     for s in steps:
         tree = ocp.StandardCheckpointer().restore(str(tmp_path / "checkpoints" / str(s) / "state"))
-        assert all(np.isfinite(np.asarray(x)).all() for x in __import__("jax").tree.leaves(tree["params"])), s
-    del Checkpointer
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree["params"])), s

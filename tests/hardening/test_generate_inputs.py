@@ -1,8 +1,8 @@
 """``generate``: every bad input is one clear line naming the flag or file, checked before the model
 is loaded where possible; ``--out x.jpg`` writes a JPEG; seeds up to 2^32 - 1 work."""
-import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -28,11 +28,11 @@ def setup(official_tiny, tmp_path_factory):
     np.savez(tmp / "width.npz", features=np.zeros((1, 4, 7), np.float32))
     (tmp / "garbage.npz").write_bytes(b"not a zip file")
     trunc = tmp / "trunc_cfg"
-    __import__("shutil").copytree(ckpt, trunc)
+    shutil.copytree(ckpt, trunc)
     text = (trunc / "infinity_config.json").read_text()
     (trunc / "infinity_config.json").write_text(text[: len(text) // 2])
     trunc_t = tmp / "trunc_tensor"
-    __import__("shutil").copytree(ckpt, trunc_t)
+    shutil.copytree(ckpt, trunc_t)
     big = max((f for f in (trunc_t / "transformer").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
     big.write_bytes(big.read_bytes()[:100])
     (tmp / "a_file").write_text("")  # a folder that cannot be created, whoever runs the test

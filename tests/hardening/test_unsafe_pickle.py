@@ -1,6 +1,8 @@
 """Weight files are data, not programs: a ``.pth`` / ``.bin`` whose pickle would run code is refused
 by every command that reads one, unless the user opts in with ``--trust_pickle``."""
 import json
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ import torch
 
 from infinity_jax.state_dict import UnsafeCheckpointError, load_state_dict, open_state_dict
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 class _Payload:
@@ -86,7 +88,31 @@ def test_convert_cli_one_line(tmp_path, official_tiny):
                         str(official_tiny / "manifest.json"), "--transformer", str(evil),
                         "--vae", str(official_tiny / "weights_vae.npz"), "--out", str(tmp_path / "out")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**__import__("os").environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})
+                       env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})
     assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-3000:]
     assert p.stderr.strip().splitlines()[-1].startswith("error: ") and "--trust_pickle" in p.stderr
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_generate_refuses_a_crafted_text_encoder(tmp_path, official_tiny):
+    """``generate --ckpt`` on a bundle whose ``text_encoder/pytorch_model.bin`` runs code: one line."""
+    from infinity_jax.convert import convert  # noqa: PLC0415
+
+    ckpt = convert(transformer_path=official_tiny / "weights_infinity.npz", vae_path=official_tiny / "weights_vae.npz",
+                   official_config=official_tiny / "manifest.json", out=tmp_path / "ckpt", log=lambda *a: None)
+    te = ckpt / "text_encoder"
+    te.mkdir()
+    (te / "config.json").write_text('{"model_type": "t5", "d_model": 2048, "d_kv": 8, "d_ff": 16, "num_layers": 1, '
+                                    '"num_heads": 2, "vocab_size": 32}')
+    marker = tmp_path / "ran"
+    _crafted(te / "pytorch_model.bin", marker)
+    cfg = json.loads((ckpt / "infinity_config.json").read_text())
+    cfg["text_encoder"] = "text_encoder"
+    (ckpt / "infinity_config.json").write_text(json.dumps(cfg))
+    p = subprocess.run([sys.executable, "-m", "infinity_jax.generate", f"--ckpt={ckpt}", "--prompt=a cat",
+                        f"--out={tmp_path / 'img.png'}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)})
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "pytorch_model.bin" in last and "--trust_pickle" in last, last
+    assert not marker.exists()
