@@ -674,9 +674,9 @@ class Trainer:
                                                 "index": [int(x) for x in host["index"]]}) + "\n")
                 if pending is not None:
                     flush(pending)
-                    if guard.diverged:
-                        break
                 pending = (step, metrics, bucket, int(host["skipped"]))
+                if guard.diverged:
+                    break  # this step is logged after the loop
                 stop = stop_signals.requested()
                 if ckpt and (step % int(c.checkpoint.every) == 0 or step == total or stop):
                     flush(pending)
