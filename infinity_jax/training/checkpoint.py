@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,6 @@ class Checkpointer:
             os.replace(src, dst)
             log.warning("moved the damaged checkpoint step %s aside to %s", step, dst)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils  # noqa: PLC0415
-
             multihost_utils.sync_global_devices(f"checkpoint_move_aside_{step}")
         self.manager.reload()
 

@@ -10,7 +10,9 @@ import logging
 import signal
 import threading
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +46,8 @@ class StopSignals:
 
     def requested(self) -> int | None:
         """The signal that asked to stop on any process (the same answer on every process), or None."""
-        import jax  # noqa: PLC0415
-
         local = self.signum or 0
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils  # noqa: PLC0415
-
             local = int(np.max(multihost_utils.process_allgather(np.asarray(local, np.int32))))
         return local or None
 
