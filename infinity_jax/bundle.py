@@ -88,8 +88,10 @@ def restore_params(model: nnx.Module, directory: str | os.PathLike, what: str, s
     try:
         restored = ck.restore(str(directory), target)
     except Exception as e:  # noqa: BLE001 - a truncated or missing array file
+        ck.close()  # stop Orbax's threads now, not noisily at interpreter exit
+        detail = str(e).split(" See full TensorStore details")[0].splitlines()[0][:300] if str(e) else ""
         raise BundleError(f"{what}: cannot read the parameters in {directory} (damaged or truncated file?): "
-                          f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}") from None
+                          f"{type(e).__name__}: {detail}") from None
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     return model

@@ -10,6 +10,7 @@ precomputed caption features with ``--text_features FILE.npz`` (arrays ``feature
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pathlib
@@ -178,10 +179,18 @@ def main(argv):
     if _TRUST_PICKLE.value:  # read by state_dict for the text encoder's pytorch_model.bin
         os.environ[TRUST_PICKLE_ENV] = "1"
     t0 = time.perf_counter()
+    absl_log = logging.getLogger("absl")  # Orbax's log lines (and the traceback of a failed read)
+    level = absl_log.level
+    absl_log.setLevel(logging.CRITICAL)
     try:
         pipe = Pipeline.from_checkpoint(_CKPT.value, dtype=_DTYPE.value)
     except (BundleError, CheckpointMismatchError, UnsafeCheckpointError, DamagedCheckpointError) as e:
-        sys.exit(f"error: {e}")
+        # reads of a damaged checkpoint may still be in flight on Orbax's threads: leave without
+        # running interpreter shutdown, which would print their 'event loop is closed' errors
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+    absl_log.setLevel(level)
     print(f"loaded {_CKPT.value} in {time.perf_counter() - t0:.1f} s")
     width = pipe.transformer.cfg.text_channels
     if feats is not None and feats.shape[-1] != width:
@@ -191,7 +200,6 @@ def main(argv):
         sched = pipe.schedule_for(_ASPECT.value, _RES.value)
     except schedules.ScheduleError as e:
         sys.exit(f"error: {e}\nsupported templates (h/w): {', '.join(str(t) for t in schedules.H_DIV_W_TEMPLATES)}")
-    (out.parent if fmt else out).mkdir(parents=True, exist_ok=True)
     n = len(prompts)
     bar = tqdm(total=n * len(sched), desc="sampling", unit="scale", disable=None)
     times = []
@@ -208,6 +216,7 @@ def main(argv):
         except (PromptError, ValueError) as e:
             sys.exit(f"error: {e}")
         times.append((res.seconds, res.compile_seconds, len(idx)))
+        (out.parent if fmt else out).mkdir(parents=True, exist_ok=True)  # only once there is an image
         for j, i in enumerate(idx):
             path = out if fmt else out / f"{i:04d}.png"
             res.images[j].save(path, format=fmt or "PNG")
