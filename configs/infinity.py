@@ -85,7 +85,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         source=args.data, path="",
         tfds=dict(name="", data_dir="", split="train", image_key="image", caption_key="caption"),
         synthetic=dict(num_records=1024, sizes=((256, 256),), seed=0, corrupt=()),
-        factory="", factory_kwargs={},
+        factory="", factory_kwargs={}, synthetic_unless_path=False,
         seed=0, shuffle=True, num_epochs=0, num_threads=8, prefetch=4, workers=0))
 
     if args.data == "shapes":  # the demo's procedural shapes with GenEval-like captions
@@ -100,7 +100,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # wd 0.005 on matrices, clip 5, constant lr, no EMA.
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", b1=0.9, b2=0.97, eps=1e-8, tblr=6e-3, lr=0.0, wd=0.005, clip=5.0,
-        warmup_steps=0, warmup_init=0.005, schedule="constant", final_ratio=1.0, ema_decay=0.0))
+        warmup_steps=0, warmup_init=0.005, schedule="constant", final_ratio=1.0, ema_decay=0.0,
+        # steps with a non-finite loss / gradient norm are skipped; this many in a row stop the run
+        max_nonfinite_steps=10))
     # always_training_scales (official default 100): train on the first n scales of every schedule.
     c.loss = ml_collections.ConfigDict(dict(reweight_by_scale=True, label_smoothing=0.0, always_training_scales=100))
     # Bitwise Self-Correction (train.sh: --noise_apply_strength 0.3 --noise_apply_layers 13; official
@@ -112,7 +114,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.init = ml_collections.ConfigDict(dict(official="", checkpoint=""))
     c.log = ml_collections.ConfigDict(dict(every=1, tensorboard=True, progress=True, peak_tflops=0.0))
     c.compilation_cache = ""
-    c.debug = ml_collections.ConfigDict(dict(step_sleep=0.0, log_batches=False))
+    # Pickled .pth weights (tokenizer.checkpoint, init.official) are read as tensors only; True
+    # unpickles any object, which can run code: only for trusted legacy files.
+    c.trust_pickle = False
+    c.debug = ml_collections.ConfigDict(dict(step_sleep=0.0, log_batches=False, memory_check=True))
 
     if args.runlocal:
         c.pn = "0.06M"
@@ -122,8 +127,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.model.text_channels = 64 if args.size == "tiny" else 2048
         c.tokenizer.update(base_ch=32, num_res_blocks=1)
         c.text.update(source="random" if args.text == "t5" else args.text, max_len=16)
-        if args.data == "arrayrecord" and not c.data.path:
-            c.data.source = "synthetic"
+        if args.data == "arrayrecord":  # synthetic images, unless --config.data.path names shards
+            c.data.update(source="synthetic", synthetic_unless_path=True)
         if args.data == "shapes":
             c.data.factory_kwargs.size = 64
         c.data.synthetic.update(num_records=64, sizes=((64, 64),))

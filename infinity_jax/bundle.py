@@ -65,7 +65,11 @@ def restore_params(model: nnx.Module, directory: str | os.PathLike, what: str, s
     if not directory.exists():
         raise BundleError(f"{what}: {directory} does not exist")
     ck = _checkpointer()
-    meta = ck.metadata(str(directory))
+    try:
+        meta = ck.metadata(str(directory))
+    except Exception as e:  # noqa: BLE001 - Orbax raises many kinds for a damaged folder
+        raise BundleError(f"{what}: cannot read the checkpoint metadata in {directory} (damaged?): "
+                          f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}") from None
     stored = getattr(meta, "item_metadata", meta)
     stored = getattr(stored, "tree", stored)
     state = nnx.state(model, nnx.Param)
@@ -81,7 +85,13 @@ def restore_params(model: nnx.Module, directory: str | os.PathLike, what: str, s
     target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), want)
     if shardings is not None:
         target = jax.tree.map(lambda t, s: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=s), target, shardings)
-    restored = ck.restore(str(directory), target)
+    try:
+        restored = ck.restore(str(directory), target)
+    except Exception as e:  # noqa: BLE001 - a truncated or missing array file
+        ck.close()  # stop Orbax's threads now, not noisily at interpreter exit
+        detail = str(e).split(" See full TensorStore details")[0].splitlines()[0][:300] if str(e) else ""
+        raise BundleError(f"{what}: cannot read the parameters in {directory} (damaged or truncated file?): "
+                          f"{type(e).__name__}: {detail}") from None
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     return model
@@ -130,7 +140,12 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise BundleError(f"{directory} is not an infinity-jax checkpoint (no {CONFIG_NAME}); "
                           f"convert official weights with `python -m infinity_jax.convert`")
-    cfg = json.loads(path.read_text())
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is not valid JSON (truncated?): {e}") from None
+    if not isinstance(cfg, dict):
+        raise BundleError(f"{path} does not hold a JSON object")
     if cfg.get("format") != FORMAT:
         raise BundleError(f"{path}: unknown format {cfg.get('format')!r} (expected {FORMAT})")
     return cfg

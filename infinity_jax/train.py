@@ -46,8 +46,10 @@ def main(argv) -> None:
 
     from infinity_jax.data.bucketing import EmptyDatasetError  # noqa: PLC0415
     from infinity_jax.schedules import ScheduleError  # noqa: PLC0415
-    from infinity_jax.state_dict import CheckpointMismatchError  # noqa: PLC0415
-    from infinity_jax.training.trainer import ConfigError, Trainer  # noqa: PLC0415
+    from infinity_jax.state_dict import CheckpointMismatchError, CheckpointValueError  # noqa: PLC0415
+    from infinity_jax.training.checkpoint import CheckpointWriteError, NoGoodCheckpointError  # noqa: PLC0415
+    from infinity_jax.training.trainer import ConfigError, DivergedError, Trainer  # noqa: PLC0415
+    from infinity_jax.training.workdir_lock import WorkdirLockedError  # noqa: PLC0415
 
     config = _CONFIG.value
     if config is None:
@@ -65,10 +67,25 @@ def main(argv) -> None:
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         trainer = Trainer(config, workdir)
         trainer.train()
+        if trainer.stopped_by:  # SIGTERM / SIGINT: checkpoint saved, the same command resumes
+            sys.exit(128 + int(trainer.stopped_by))
     except (ConfigError, EmptyDatasetError, ScheduleError, FileNotFoundError, FileExistsError,
-            CheckpointMismatchError) as e:
+            CheckpointMismatchError, CheckpointValueError, NoGoodCheckpointError, WorkdirLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except CheckpointWriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # read-only or full disk, missing permissions: name the file
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e} (check the disk space and permissions of --workdir)", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted before training started (nothing to save)", file=sys.stderr)
+        sys.exit(130)
+    except DivergedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
 
 
 def _load_config_file(spec: str):

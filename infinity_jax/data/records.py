@@ -104,9 +104,45 @@ def image_size(image) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(image)) as im:
             w, h = im.size
+            if im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # shown rotated by 90 degrees
+                w, h = h, w
     except Exception as e:  # noqa: BLE001
         raise ImageDecodeError(f"unreadable image: {e}") from e
     return int(h), int(w)
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Integer arrays wider than 8 bits are scaled to 0..255 (16-bit: / 257), not clipped."""
+    if arr.dtype == np.uint8:
+        return arr
+    if np.issubdtype(arr.dtype, np.integer) and arr.size and int(arr.max()) > 255:
+        top = 65535 if int(arr.max()) <= 65535 else int(np.iinfo(arr.dtype).max)
+        return np.round(arr.astype(np.float64) * (255 / top)).clip(0, 255).astype(np.uint8)
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def _pil_to_rgb(im) -> np.ndarray:
+    """A decoded PIL image in any mode -> ``(H, W, 3)`` uint8 RGB, upright (EXIF orientation applied).
+
+    16-bit / 32-bit grey is scaled to 8 bits; CMYK and palette images are converted; images with
+    transparency (RGBA, LA, palette with a transparent colour) are composited over white.
+    """
+    from PIL import Image, ImageOps  # noqa: PLC0415
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        grey = _to_uint8(np.asarray(im)) if im.mode != "F" else np.clip(np.asarray(im), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    return np.asarray(im.convert("RGB"), np.uint8)
 
 
 def decode_image(image) -> np.ndarray:
@@ -119,15 +155,13 @@ def decode_image(image) -> np.ndarray:
             raise ImageDecodeError(f"image array has shape {arr.shape}, expected (H, W, 3)")
         if arr.shape[-1] == 1:
             arr = np.repeat(arr, 3, axis=-1)
-        if arr.dtype != np.uint8:
-            arr = np.clip(arr, 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(arr[..., :3])
+        return np.ascontiguousarray(_to_uint8(arr[..., :3]))
     from PIL import Image  # noqa: PLC0415
 
     try:
         with Image.open(io.BytesIO(image)) as im:
             im.load()  # raises on truncated / corrupt data
-            return np.asarray(im.convert("RGB"), np.uint8)
+            return _pil_to_rgb(im)
     except Exception as e:  # noqa: BLE001
         raise ImageDecodeError(f"unreadable image: {e}") from e
 

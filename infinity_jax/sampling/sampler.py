@@ -257,6 +257,9 @@ class Sampler:
         use_cfg = bool(np.any(cfgs != 1.0))
         if seeds is None:
             seeds = np.arange(B)
+        if not isinstance(seeds, jax.Array):  # Python ints up to 2**32 - 1 (int32 would overflow)
+            seeds = np.asarray(seeds)
+            seeds = seeds.astype(np.uint32) if seeds.ndim == 1 else seeds
         seeds = jnp.asarray(seeds)
         keys = jax.vmap(jax.random.PRNGKey)(seeds.astype(jnp.uint32)) if seeds.ndim == 1 else seeds
         n_replay = 0 if replay_bits is None else (len(replay_bits) if replay_scales is None else min(replay_scales, len(replay_bits)))

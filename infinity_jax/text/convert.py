@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infinity_jax.state_dict import check_keys, load_state_dict
+from infinity_jax.state_dict import check_keys, check_values, load_state_dict
 from infinity_jax.text.t5 import Model, T5Config
 
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors",
@@ -155,6 +155,7 @@ def from_state_dict(state: Mapping[str, np.ndarray], cfg: T5Config, *, dtype=jnp
     """
     state = canonical_state(state)
     check_keys(what, state, expected_shapes(cfg))
+    check_values(what, ((k, state[k]) for k in expected_shapes(cfg)))
     graphdef, abstract = nnx.split(_abstract(cfg, dtype, param_dtype))
     flat = dict(nnx.to_flat_state(abstract))
     for path, key, _, to_jax, _ in _mapping(cfg):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infinity_jax.state_dict import CheckpointMismatchError, _to_numpy, check_keys
+from infinity_jax.state_dict import CheckpointMismatchError, _to_numpy, check_keys, check_values
 from infinity_jax.tokenizer.vae import BSQVAE, GroupNorm, VAEConfig
 
 #: The quantizer buffers of the official state_dict (the same module under two names).
@@ -146,7 +146,9 @@ def check_state_dict(state: Mapping[str, Any], config: VAEConfig) -> dict[str, n
                                       if k in arrays and tuple(arrays[k].shape) != (config.codebook_dim,)])
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError("VAE state_dict", missing, unexpected, mismatched)
-    return {k: v for k, v in arrays.items() if k not in MASK_KEYS}
+    out = {k: v for k, v in arrays.items() if k not in MASK_KEYS}
+    check_values("VAE state_dict", out.items())
+    return out
 
 
 def from_official(state: Mapping[str, Any], config: VAEConfig | None = None, *,

@@ -52,6 +52,31 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def drop_records_after(path: str, step: int) -> None:
+    """Rewrite ``metrics.jsonl`` without the records past ``step`` (a resumed run writes them again)
+    and without a last line cut short by a kill."""
+    if not os.path.exists(path):
+        return
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+                keep = int(record.get("step", 0)) <= step
+            except (ValueError, TypeError, AttributeError):
+                keep = False
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+        log.info("metrics.jsonl: dropped %d records past step %d (they are written again)", dropped, step)
+
+
 class MetricsLogger:
     """Writes every step's metrics (process 0 only): stdout, ``metrics.jsonl``, TensorBoard, tqdm."""
 
@@ -72,7 +97,9 @@ class MetricsLogger:
             return
         if workdir:
             pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+            path = os.path.join(workdir, "metrics.jsonl")
+            drop_records_after(path, start_step)
+            self.jsonl = open(path, "a", buffering=1)
             if tensorboard:
                 try:
                     from tensorboardX import SummaryWriter  # noqa: PLC0415

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import time
 from typing import Any
 
@@ -30,8 +31,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from infinity_jax.data.bucketing import Bucket, make_buckets
 from infinity_jax.sharding import make_mesh
+from infinity_jax.state_dict import load_state_dict, open_state_dict
 from infinity_jax.training import state as st
 from infinity_jax.training.metrics import MetricsLogger, peak_tflops, scalar_metrics
+from infinity_jax.training.preemption import StopSignals
+from infinity_jax.training.workdir_lock import WorkdirLock
 from infinity_jax.training.optimizer import learning_rate_schedule, make_optimizer, peak_learning_rate
 from infinity_jax.training.step import apply_update, loss_and_grads
 from infinity_jax.transformer.config import SIZE_NAMES, InfinityConfig, size_config
@@ -44,6 +48,46 @@ log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """A mistake in the experiment config (reported without a traceback by ``train.py``)."""
+
+
+class DivergedError(RuntimeError):
+    """Too many steps in a row with a non-finite loss or gradient norm (the run stops)."""
+
+
+class NonFiniteGuard:
+    """Counts steps whose loss or gradient norm is not finite (their update is skipped in the step).
+
+    ``total``: all such steps of the run's history; ``run``: how many in a row up to the last
+    step; ``diverged`` once ``run`` reaches ``max_in_a_row``.
+    """
+
+    def __init__(self, max_in_a_row: int):
+        self.max_in_a_row = max(1, max_in_a_row)
+        self.total = self.run = 0
+        self.first_bad = None
+        self.last: dict = {}
+
+    def update(self, step: int, m: dict) -> None:
+        """Read one logged step's metrics (adds ``nonfinite_total`` to them)."""
+        bad = bool(m.get("nonfinite", 0.0))
+        self.total += bad
+        self.run = self.run + 1 if bad else 0
+        if bad and self.run == 1:
+            self.first_bad = step
+        self.last = {"step": step, "loss": m.get("loss"), "grad_norm": m.get("grad_norm")}
+        m["nonfinite_total"] = float(self.total)
+
+    @property
+    def diverged(self) -> bool:
+        return self.run >= self.max_in_a_row
+
+    def message(self, latest_checkpoint: int | None) -> str:
+        ck = (f"the newest checkpoint (step {latest_checkpoint}) is finite and kept" if latest_checkpoint is not None
+              else "no checkpoint was saved")
+        return (f"training diverged: {self.run} steps in a row (steps {self.first_bad}..{self.last['step']}) had a "
+                f"non-finite loss ({self.last['loss']}) or gradient norm ({self.last['grad_norm']}); their updates "
+                f"were skipped and {ck}; lower the learning rate (config.optim.tblr / optim.lr) or raise "
+                f"optim.max_nonfinite_steps")
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -76,8 +120,21 @@ def vae_config(config, mcfg: InfinityConfig):
         raise ConfigError(f"bad tokenizer config: {e}") from e
 
 
+def resolve_data_source(config) -> None:
+    """An explicit ``data.path`` wins over the synthetic default of ``runlocal=True``
+    (``data.synthetic_unless_path``); a path with an explicit synthetic source is an error."""
+    d = config.data
+    if d.source == "synthetic" and d.path:
+        if not d.get("synthetic_unless_path", False):
+            raise ConfigError(f"config.data.path={d.path!r} is set but config.data.source='synthetic' ignores it; "
+                              f"drop one of them")
+        d.source = "arrayrecord"
+        log.info("reading the shards in config.data.path=%s (runlocal's synthetic data is replaced)", d.path)
+
+
 def check_config(config) -> None:
     """Checks that make user mistakes clear messages instead of tracebacks deep in the loop."""
+    resolve_data_source(config)
     if config.text.source not in ("t5", "precomputed", "random"):
         raise ConfigError(f"config.text.source must be 't5', 'precomputed' or 'random', got {config.text.source!r}")
     if config.text.source == "t5" and not config.text.t5_path:
@@ -166,6 +223,25 @@ def random_encoder_params(md: st.ModelDef, seed: int) -> dict:
     return jax.tree_util.tree_map_with_path(one, st.state_to_tree(md.abstract))
 
 
+def _host_available_bytes() -> int | None:
+    """``MemAvailable`` of /proc/meminfo (None where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _device_limit_bytes() -> int | None:
+    try:
+        return int((jax.local_devices()[0].memory_stats() or {}).get("bytes_limit", 0)) or None
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+
+
 def _memory_line(compiled) -> str:
     try:
         m = compiled.memory_analysis()
@@ -235,6 +311,7 @@ class Trainer:
         self.batch_sharding = NamedSharding(self.mesh, P(self.batch_axes if self.batch_axes else None))
         self.replicated = NamedSharding(self.mesh, P())
         self._compiled: dict[Any, Any] = {}
+        self._finite_fn = None
         self.online_t5 = None
         self.vae_params = None
         self.peak = peak_tflops(jax.devices()[0].device_kind, float(c.log.peak_tflops))
@@ -246,14 +323,20 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(f"bad mesh {dict(self.config.mesh)} for {jax.device_count()} devices: {e}") from e
 
+    def _trust_pickle(self) -> bool | None:
+        """``config.trust_pickle`` (True: unpickle any object in .pth files; else only tensors)."""
+        return True if self.config.get("trust_pickle", False) else None
+
     def _vae_config_from_checkpoint(self):
-        from infinity_jax.state_dict import load_state_dict  # noqa: PLC0415
         from infinity_jax.tokenizer import convert  # noqa: PLC0415
 
         path = self.config.tokenizer.checkpoint
         if not os.path.exists(path):
             raise ConfigError(f"tokenizer checkpoint {path} does not exist")
-        self._vae_state_dict = load_state_dict(path)
+        try:
+            self._vae_state_dict = load_state_dict(path, trust_pickle=self._trust_pickle())
+        except ValueError as e:  # refused pickle, damaged file
+            raise ConfigError(f"tokenizer.checkpoint: {e}") from None
         vcfg = convert.infer_config(self._vae_state_dict)
         vcfg = dataclasses.replace(vcfg, dtype=str(self.config.tokenizer.dtype),
                                    apply_spatial_patchify=self.mcfg.apply_spatial_patchify)
@@ -288,9 +371,13 @@ class Trainer:
 
             if not os.path.exists(i.official):
                 raise ConfigError(f"init.official checkpoint {i.official} does not exist")
-            # read tensor by tensor (lazily) and placed straight into the mesh's shardings: each
-            # process reads only what its devices hold, never the whole checkpoint
-            model = convert.load(i.official, self.mcfg, mesh=self.mesh, lazy=True)
+            try:  # tensors only unless trusted; a lazy view, read tensor by tensor
+                official = open_state_dict(i.official, trust_pickle=self._trust_pickle())
+            except ValueError as e:  # refused pickle, damaged file
+                raise ConfigError(f"init.official: {e}") from None
+            # placed straight into the mesh's shardings: each process reads only what its devices
+            # hold, never the whole checkpoint
+            model = convert.load(official, self.mcfg, mesh=self.mesh)
             params = st.state_to_tree(nnx.split(model, nnx.Param, ...)[1])
             log.info("initialised from the official checkpoint %s", i.official)
             return jax.tree.map(lambda a, s: a if a.sharding == s else jax.device_put(a, s), params,
@@ -391,14 +478,22 @@ class Trainer:
                                         deterministic=False, reweight=bool(c.loss.reweight_by_scale),
                                         label_smoothing=float(c.loss.label_smoothing))
             params, opt_state, gnorm = apply_update(self.tx, state["params"], state["opt_state"], grads)
+            # a non-finite loss or gradient: keep the previous parameters and optimizer state (the
+            # batch is consumed; the host counts these steps and stops after too many in a row)
+            finite = jnp.isfinite(out.loss) & jnp.isfinite(gnorm)
+            keep = lambda new_, old: jnp.where(finite, new_, old)  # noqa: E731
+            params = jax.tree.map(keep, params, state["params"])
+            opt_state = jax.tree.map(keep, opt_state, state["opt_state"])
             new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
             if self.use_ema:
-                new["ema"] = jax.tree.map(lambda e, p: e * ema_decay + (1 - ema_decay) * p, state["ema"], params)
+                new["ema"] = jax.tree.map(lambda e, p: keep(e * ema_decay + (1 - ema_decay) * p, e), state["ema"],
+                                          params)
             metrics = {"loss": out.loss, "loss_uniform": out.loss_mean_uniform,
                        "loss_reweighted": out.loss_mean_scale_reweighted, "bit_accuracy": out.bit_accuracy,
                        "token_accuracy": out.token_accuracy, "per_scale_loss": out.per_scale_loss,
                        "per_scale_bit_accuracy": out.per_scale_bit_accuracy, "grad_norm": gnorm,
-                       "lr": self.lr_fn(state["step"]), "bsc_strength": jnp.mean(strengths)}
+                       "lr": self.lr_fn(state["step"]), "bsc_strength": jnp.mean(strengths),
+                       "nonfinite": 1.0 - finite.astype(jnp.float32)}
             return new, metrics
 
         return step
@@ -498,7 +593,23 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def train(self) -> dict:
-        """Run (or resume) training to ``config.total_steps``; returns the last logged metrics."""
+        """Run (or resume) training to ``config.total_steps``; returns the last logged metrics.
+
+        The workdir is locked for the run (a second run on it fails with the holder named);
+        ``self.stopped_by`` is the signal number when SIGTERM / SIGINT stopped the run.
+        """
+        self.stopped_by = None
+        lock = None
+        if self.workdir and jax.process_index() == 0 and "://" not in self.workdir:
+            lock = WorkdirLock(self.workdir).acquire()
+        try:
+            return self._train()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self) -> dict:
+        """The body of :meth:`train` (with the workdir locked)."""
         c = self.config
         primary = jax.process_index() == 0
         ckpt = None
@@ -507,13 +618,17 @@ class Trainer:
 
             ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep=int(c.checkpoint.keep),
                                 async_save=bool(c.checkpoint.async_save))
+        if c.debug.get("memory_check", True):
+            self.check_memory()
         pipeline = self.build_pipeline()
         self.load_tokenizer()
         restored = ckpt.restore(self.abstract_state(), pipeline.iterator) if ckpt and ckpt.all_steps() else None
         skipped_total = 0
+        guard = NonFiniteGuard(int(c.optim.get("max_nonfinite_steps", 10)))
         if restored is not None:
             step, state, meta = restored
             skipped_total = int(meta.get("skipped_total", 0)) if primary else 0
+            guard.total = int(meta.get("nonfinite_total", 0))
             self._check_resumed_config(meta)
             msg = f"resumed from {ckpt.directory}/{step} (data at batch {pipeline.get_state()})"
         else:
@@ -563,11 +678,13 @@ class Trainer:
                      tflops_per_device=fl / dt / self.n_devices / 1e12, template=bucket.h_div_w)
             m["data/skipped"] = float(skipped)
             m["data/skipped_total"] = float(skipped_total)
+            guard.update(pstep, m)
             if self.peak:
                 m["mfu"] = m["tflops_per_device"] / self.peak
             logger.write(pstep, m)
             last = {"step": pstep, **m}
 
+        stop_signals = StopSignals().__enter__()  # left in the finally below
         try:
             while step < total:
                 host = next(pipeline)
@@ -581,18 +698,33 @@ class Trainer:
                 if pending is not None:
                     flush(pending)
                 pending = (step, metrics, bucket, int(host["skipped"]))
-                if ckpt and (step % int(c.checkpoint.every) == 0 or step == total):
+                if guard.diverged:
+                    break  # this step is logged after the loop
+                stop = stop_signals.requested()
+                if ckpt and (step % int(c.checkpoint.every) == 0 or step == total or stop):
                     flush(pending)
                     pending = None
-                    ckpt.save(step, state, pipeline.iterator,
-                              meta={"step": step, "config": json.loads(c.to_json_best_effort()),
-                                    "mesh": dict(self.mesh.shape), "skipped_total": skipped_total,
-                                    "process_count": jax.process_count(), "time": time.time()})
+                    if guard.diverged:
+                        break
+                    if guard.run or not self.params_finite(state):
+                        logger.text(f"step {step} not saved: its loss, gradient or parameters are not finite")
+                    else:
+                        ckpt.save(step, state, pipeline.iterator,
+                                  meta={"step": step, "config": json.loads(c.to_json_best_effort()),
+                                        "mesh": dict(self.mesh.shape), "skipped_total": skipped_total,
+                                        "nonfinite_total": guard.total,
+                                        "process_count": jax.process_count(), "time": time.time()})
+                if stop:
+                    self.stopped_by = stop
+                    logger.text(f"stopped by {signal.Signals(stop).name} at step {step}"
+                                + ("; checkpoint saved, run the same command to resume" if ckpt else ""))
+                    break
                 if c.debug.step_sleep:
                     time.sleep(float(c.debug.step_sleep))
             if pending is not None:
                 flush(pending)
         finally:
+            stop_signals.__exit__(None, None, None)
             if ckpt:
                 ckpt.close()
             if batch_log is not None:
@@ -602,7 +734,46 @@ class Trainer:
                             f"{int(skipped_total)} corrupt or unreadable samples skipped in this run's history")
             logger.close()
         self.state = state
+        if guard.diverged:
+            raise DivergedError(guard.message(ckpt.latest_step() if ckpt else None))
         return last
+
+    def memory_estimate(self) -> dict:
+        """A lower bound of the memory the train state needs before any activation: weights,
+        gradients, two AdamW moments (and the EMA), per device (``bytes``: on this host for CPU
+        devices, which share its memory; on the most loaded device otherwise)."""
+        _, per_dev = self.md.param_bytes()
+        copies = 4 + int(self.use_ema)  # params, grads, mu, nu (+ ema)
+        local = len(jax.local_devices())
+        on_host = jax.devices()[0].platform == "cpu"
+        return {"bytes": per_dev * copies * (local if on_host else 1), "copies": copies, "host": on_host}
+
+    def check_memory(self, available_bytes: int | None = None) -> None:
+        """Stop with the figure and the fix when :meth:`memory_estimate` exceeds the memory available
+        (host RAM for CPU devices, else the device's limit; unknown -> no check)."""
+        est = self.memory_estimate()
+        if available_bytes is None:
+            available_bytes = _host_available_bytes() if est["host"] else _device_limit_bytes()
+        if not available_bytes or est["bytes"] <= available_bytes:
+            return
+        gib = 2 ** 30
+        n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(st.state_to_tree(self.md.abstract)))
+        where = "host memory" if est["host"] else f"memory on each {jax.devices()[0].device_kind}"
+        raise ConfigError(
+            f"this run needs at least {est['bytes'] / gib:.1f} GiB of {where} ({n / 1e9:.2f}B parameters x "
+            f"{est['copies']} for weights, gradients and AdamW state, before activations) but "
+            f"{available_bytes / gib:.1f} GiB is available; use a smaller model (size=tiny or size=layer12), "
+            f"more devices, or set config.debug.memory_check=False to try anyway")
+
+    def params_finite(self, state: dict) -> bool:
+        """Whether every parameter (and EMA) of ``state`` is finite (one fused reduction on device)."""
+        if self._finite_fn is None:
+            def all_finite(tree):
+                leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                          if jnp.issubdtype(x.dtype, jnp.inexact)]
+                return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+            self._finite_fn = jax.jit(all_finite)
+        return bool(self._finite_fn({k: state[k] for k in ("params", "ema") if k in state}))
 
     def _check_resumed_config(self, meta: dict) -> None:
         saved = (meta.get("config") or {})

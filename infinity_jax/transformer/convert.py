@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infinity_jax.state_dict import CheckpointMismatchError, check_keys, load_state_dict
+from infinity_jax.state_dict import CheckpointMismatchError, check_keys, check_values, load_state_dict
 from infinity_jax.transformer.config import InfinityConfig
 from infinity_jax.transformer.model import Infinity
 
@@ -169,7 +169,9 @@ def load_official(model: Infinity, state: Mapping[str, np.ndarray] | str, *, dty
         grouped.setdefault(path, []).append((b, key, kind, shape))
     for path, parts in grouped.items():
         def read(key, kind, shape):
-            return _from_official(kind, np.asarray(state[key], np.float32), shape)
+            raw = np.asarray(state[key])
+            check_values("transformer checkpoint", [(key, raw)])
+            return _from_official(kind, raw.astype(np.float32), shape)
 
         if parts[0][0] is None:
             _, key, kind, shape = parts[0]
