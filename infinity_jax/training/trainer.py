@@ -29,9 +29,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from infinity_jax import state_dict
 from infinity_jax.data.bucketing import Bucket, make_buckets
 from infinity_jax.sharding import make_mesh
-from infinity_jax.state_dict import load_state_dict, open_state_dict
 from infinity_jax.training import state as st
 from infinity_jax.training.metrics import MetricsLogger, peak_tflops, scalar_metrics
 from infinity_jax.training.preemption import StopSignals
@@ -334,7 +334,7 @@ class Trainer:
         if not os.path.exists(path):
             raise ConfigError(f"tokenizer checkpoint {path} does not exist")
         try:
-            self._vae_state_dict = load_state_dict(path, trust_pickle=self._trust_pickle())
+            self._vae_state_dict = state_dict.load_state_dict(path, trust_pickle=self._trust_pickle())
         except ValueError as e:  # refused pickle, damaged file
             raise ConfigError(f"tokenizer.checkpoint: {e}") from None
         vcfg = convert.infer_config(self._vae_state_dict)
@@ -372,7 +372,7 @@ class Trainer:
             if not os.path.exists(i.official):
                 raise ConfigError(f"init.official checkpoint {i.official} does not exist")
             try:  # tensors only unless trusted; a lazy view, read tensor by tensor
-                official = open_state_dict(i.official, trust_pickle=self._trust_pickle())
+                official = state_dict.open_state_dict(i.official, trust_pickle=self._trust_pickle())
             except ValueError as e:  # refused pickle, damaged file
                 raise ConfigError(f"init.official: {e}") from None
             # placed straight into the mesh's shardings: each process reads only what its devices

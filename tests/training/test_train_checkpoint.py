@@ -111,8 +111,8 @@ def test_train_init_official_reads_tensor_by_tensor_into_the_shardings(official_
     reads = []
     opened = state_dict.open_state_dict
 
-    def counting_open(path):
-        lazy = opened(path)
+    def counting_open(path, **kw):
+        lazy = opened(path, **kw)
         assert all(isinstance(t, state_dict.LazyTensor) for t in lazy.values())
         return {k: state_dict.LazyTensor(t.shape, lambda t=t, k=k: reads.append(k) or np.asarray(t))
                 for k, t in lazy.items()}
