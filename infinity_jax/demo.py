@@ -26,13 +26,40 @@ Outputs in ``WORKDIR``: ``tokenizer/`` (checkpoints, ``tokenizer.safetensors``, 
 """
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
+import logging
 import os
 import pathlib
 import sys
 import time
 
+import jax
+import numpy as np
+import sentencepiece as spm
 from absl import app, flags
+from absl import logging as absl_logging
+from PIL import Image
+from tqdm import tqdm
+
+from infinity_jax import bundle
+from infinity_jax.data import shapes as S
+from infinity_jax.data.shapes import ShapesSource, caption_stream, heldout_prompts
+from infinity_jax.demo_report import coarse_to_fine_figure, write_report, write_tensorboard
+from infinity_jax.eval import prefix_replay as PR
+from infinity_jax.eval import shapes_eval as E
+from infinity_jax.eval.shapes_eval import render_heldout
+from infinity_jax.sampling.pipeline import Pipeline, strip
+from infinity_jax.text.pretrain import pretrain_encoder
+from infinity_jax.text.t5 import T5Config
+from infinity_jax.text.tokenize import T5Tokenizer
+from infinity_jax.text.train_tokenizer import build_tiny_t5, train_sentencepiece
+from infinity_jax.tokenizer import VAEConfig
+from infinity_jax.tokenizer import load as load_vae
+from infinity_jax.training import tokenizer_losses as TL
+from infinity_jax.training.tokenizer_trainer import TokenizerTrainer
+from infinity_jax.training.trainer import Trainer
 
 STAGES = ("tokenizer", "text", "infinity", "generate")
 
@@ -41,16 +68,12 @@ STAGES = ("tokenizer", "text", "infinity", "generate")
 
 def shapes_source(size: int = 64, seed: int = 0, length: int = 200_000, style: str = "free", backgrounds=None):
     """The training source of the demo (a finite window of the endless shapes stream)."""
-    from infinity_jax.data.shapes import ShapesSource  # noqa: PLC0415
-
     return ShapesSource(size=int(size), seed=int(seed), length=int(length), spec_format=None, style=str(style),
                         backgrounds=tuple(backgrounds) if backgrounds else None)
 
 
 def heldout_images(size: int = 64, seeds: int = 1, style: str = "free", backgrounds=None):
     """True renders of the held-out prompts ``(86 * seeds, size, size, 3)`` uint8 (tokenizer PSNR)."""
-    from infinity_jax.eval.shapes_eval import render_heldout  # noqa: PLC0415
-
     return render_heldout(int(size), range(int(seeds)), str(style), tuple(backgrounds) if backgrounds else None)[0]
 
 
@@ -62,8 +85,6 @@ def default_config_path() -> pathlib.Path:
 
 def load_config(spec: str | None, quick: bool):
     """``path[:args]`` (default ``configs/demo.py``) -> ConfigDict; ``quick`` appends ``quick=True``."""
-    import importlib.util  # noqa: PLC0415
-
     path, _, arg = (spec or str(default_config_path())).partition(":")
     p = pathlib.Path(path)
     if not p.exists():
@@ -78,8 +99,6 @@ def load_config(spec: str | None, quick: bool):
 
 def apply_overrides(config, argv: list[str]) -> list[str]:
     """``--config.a.b=v`` arguments -> set on ``config`` (typed like the current value); returns the rest."""
-    import ast  # noqa: PLC0415
-
     rest = []
     for a in argv:
         if a.startswith("--config.") and "=" in a:
@@ -110,7 +129,6 @@ def apply_overrides(config, argv: list[str]) -> list[str]:
 
 class Stages:
     """Stage markers ``WORKDIR/stages/NAME.json`` (results and wall time of finished stages)."""
-
     def __init__(self, workdir: pathlib.Path):
         self.dir = workdir / "stages"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -146,13 +164,6 @@ def _say(msg: str) -> None:
 
 
 def stage_tokenizer(config, workdir: pathlib.Path) -> dict:
-    import numpy as np  # noqa: PLC0415
-    from PIL import Image  # noqa: PLC0415
-
-    from infinity_jax.eval import shapes_eval as E  # noqa: PLC0415
-    from infinity_jax.training import tokenizer_losses as TL  # noqa: PLC0415
-    from infinity_jax.training.tokenizer_trainer import TokenizerTrainer  # noqa: PLC0415
-
     out = workdir / "tokenizer"
     trainer = TokenizerTrainer(config.tokenizer, str(out))
     last = trainer.train()
@@ -174,15 +185,6 @@ def stage_tokenizer(config, workdir: pathlib.Path) -> dict:
 
 
 def stage_text(config, workdir: pathlib.Path) -> dict:
-    from infinity_jax.data.shapes import caption_stream, heldout_prompts  # noqa: PLC0415
-    from infinity_jax.text.pretrain import pretrain_encoder  # noqa: PLC0415
-    from infinity_jax.text.t5 import T5Config  # noqa: PLC0415
-    from infinity_jax.text.train_tokenizer import build_tiny_t5, train_sentencepiece  # noqa: PLC0415
-
-    import sentencepiece as spm  # noqa: PLC0415
-
-    from infinity_jax.text.tokenize import T5Tokenizer  # noqa: PLC0415
-
     t = config.text
     corpus = list(caption_stream(seed=int(config.infinity.data.factory_kwargs.seed), start=0, stop=int(t.num_captions)))
     # SentencePiece's unigram trainer splits the words of this tiny-vocabulary corpus into letters;
@@ -218,12 +220,6 @@ def infinity_config(config, workdir: pathlib.Path):
 
 
 def stage_infinity(config, workdir: pathlib.Path) -> dict:
-    import jax  # noqa: PLC0415
-
-    from infinity_jax import bundle  # noqa: PLC0415
-    from infinity_jax.tokenizer import VAEConfig, load as load_vae  # noqa: PLC0415
-    from infinity_jax.training.trainer import Trainer  # noqa: PLC0415
-
     cfg = infinity_config(config, workdir)
     trainer = Trainer(cfg, str(workdir / "infinity"))
     last = trainer.train()
@@ -245,13 +241,6 @@ def stage_infinity(config, workdir: pathlib.Path) -> dict:
 
 
 def stage_generate(config, workdir: pathlib.Path) -> dict:
-    import numpy as np  # noqa: PLC0415
-    from tqdm import tqdm  # noqa: PLC0415
-
-    from infinity_jax.data import shapes as S  # noqa: PLC0415
-    from infinity_jax.eval import shapes_eval as E  # noqa: PLC0415
-    from infinity_jax.sampling.pipeline import Pipeline, strip  # noqa: PLC0415
-
     results = workdir / "results"
     (results / "previews").mkdir(parents=True, exist_ok=True)
     pipe = Pipeline.from_checkpoint(workdir / "bundle")
@@ -302,8 +291,6 @@ def stage_generate(config, workdir: pathlib.Path) -> dict:
     np.savez_compressed(results / "generated.npz", images=images, captions=np.asarray(captions))
     replay = None
     if config.eval.prefix_replay:  # which scales lose the prompt: replay the first k from the true renders
-        from infinity_jax.eval import prefix_replay as PR  # noqa: PLC0415
-
         true_imgs, true_specs = E.render_heldout(int(config.image_size), [0], str(config.data.style),
                                                  tuple(config.data.backgrounds))
         _say("prefix replay: scoring generation with the first k scales taken from the true renders")
@@ -314,120 +301,6 @@ def stage_generate(config, workdir: pathlib.Path) -> dict:
             "images": int(flat.shape[0]), "seeds": seeds, "generation_seconds": gen_seconds,
             "grid": str(results / "heldout_grid.png"), "previews": preview_paths,
             "coarse_to_fine": str(results / "coarse_to_fine.png") if preview_paths else None}
-
-
-def coarse_to_fine_figure(strips: list, captions: list, schedule, path: pathlib.Path) -> None:
-    """Stack the preview strips (one per prompt) under a header naming the token grid of each column."""
-    from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415
-
-    try:
-        font = ImageFont.load_default(size=13)
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
-    ims = [Image.open(p).convert("RGB") for p in strips]
-    n_cols = len(schedule) + 1
-    cell = (ims[0].width + 2) // n_cols
-    label_w, head = 260, 22
-    out = Image.new("RGB", (label_w + ims[0].width, head + sum(im.height + 6 for im in ims)), (255, 255, 255))
-    draw = ImageDraw.Draw(out)
-    for k, (h, w) in enumerate(tuple(s) for s in schedule):
-        draw.text((label_w + k * cell + 4, 4), f"after {h}x{w}", fill=(0, 0, 0), font=font)
-    draw.text((label_w + len(schedule) * cell + 4, 4), "image", fill=(0, 0, 0), font=font)
-    y = head
-    for im, cap in zip(ims, captions):
-        out.paste(im, (label_w, y))
-        words, line, lines = cap.split(), "", []
-        for wd in words:
-            trial = f"{line} {wd}".strip()
-            if draw.textlength(trial, font=font) > label_w - 12 and line:
-                lines.append(line)
-                line = wd
-            else:
-                line = trial
-        lines.append(line)
-        for j, ln in enumerate(lines):
-            draw.text((6, y + im.height // 2 - 8 * len(lines) + 16 * j), ln, fill=(0, 0, 0), font=font)
-        y += im.height + 6
-    out.save(path)
-
-
-# ------------------------------------------------------------------------------------- report --
-
-def write_report(config, workdir: pathlib.Path, info: dict, total_seconds: float) -> str:
-    import jax  # noqa: PLC0415
-
-    res = workdir / "results"
-    tok, txt, inf, gen = (info.get(s, {}) for s in STAGES)
-    lines = ["# infinity-jax embedded demo", "",
-             f"Mode: {'quick' if config.quick else 'default'}; devices: {jax.device_count()} x "
-             f"{jax.devices()[0].device_kind}; CPU cores: {os.cpu_count()}.", "",
-             "| stage | wall time |", "|---|---:|"]
-    for s in STAGES:
-        if s in info:
-            lines.append(f"| {s} | {info[s]['seconds']:.0f} s |")
-    lines += [f"| **total** | **{total_seconds:.0f} s ({total_seconds / 60:.1f} min)** |", ""]
-    if tok:
-        lines += [f"Tokenizer (BSQ-VAE, d={config.tokenizer.model.codebook_dim}, patch {config.tokenizer.model.patch_size},"
-                  f" {tok['steps']} steps): held-out reconstruction PSNR **{tok['psnr_heldout']:.2f} dB** on "
-                  f"{tok['images']} true renders of the held-out prompts; the evaluator scores the reconstructions "
-                  f"{tok['recon_eval_overall']:.3f} overall (true renders: {tok['true_render_eval_overall']:.3f}).", ""]
-    if txt:
-        pre = txt.get("pretrain")
-        how = (f"trained {pre['steps']} steps by masked-token denoising"
-               + (" (kept tokens reconstructed too)" if pre.get("keep_weight") else "")
-               + " on the training captions (masked-word "
-               f"accuracy on the held-out prompts {pre['heldout_accuracy_before']:.2f} -> "
-               f"{pre['heldout_accuracy_after']:.2f}), then frozen" if pre else "randomly initialised and frozen")
-        lines += [f"Text: SentencePiece ({txt.get('pieces')} pieces) on {txt['captions']} training captions; tiny T5 "
-                  f"encoder (d_model {txt['t5']['d_model']}, {txt['t5']['num_layers']} layers"
-                  + (f", {txt['t5']['absolute_positions']} learned positions" if txt["t5"].get("absolute_positions")
-                     else "") + f"), {how}.", ""]
-    if inf:
-        lines += [f"Infinity: {inf['params']:,} parameters, {inf['steps']} steps of batch {inf['batch_size']} with "
-                  f"Bitwise Self-Correction; last loss {inf.get('last_loss', float('nan')):.4f}, bit accuracy "
-                  f"{inf.get('last_bit_accuracy', float('nan')):.4f}.", ""]
-    if gen:
-        lines += [f"Generation: {gen['images']} images ({len(gen['seeds'])} per held-out prompt), "
-                  f"{gen['generation_seconds']:.0f} s; sampling cfg {config.generate.cfg}, tau {config.generate.tau}.", "",
-                  "| category | accuracy | prompts |", "|---|---:|---:|"]
-        lines += [f"| {c} | {v:.3f} | {gen['counts'][c] // len(gen['seeds'])} |" for c, v in gen["per_category"].items()]
-        lines += [f"| **overall** | **{gen['overall']:.3f}** | |", "",
-                  f"Pictures: `{os.path.relpath(gen['grid'], workdir)}` (held-out grid), "
-                  + ", ".join(f"`{os.path.relpath(p, workdir)}`" for p in gen["previews"])
-                  + f" (progressive previews), `results/tokenizer_recon.png` (tokenizer: top true, bottom reconstructed).",
-                  "", "Scores per image: `results/shapes_eval.json`, failures: `results/shapes_eval.md`.", ""]
-        if gen.get("prefix_replay"):
-            from infinity_jax.eval.prefix_replay import markdown  # noqa: PLC0415
-
-            lines += ["Where the prompt is lost: the first k scales replayed from the true render of each held-out "
-                      "prompt (seed 0), the rest sampled (`results/prefix_replay.json`):", "",
-                      markdown(gen["prefix_replay"], config.schedule), ""]
-    text = "\n".join(lines)
-    (res / "report.md").write_text(text)
-    return text
-
-
-def _tensorboard(workdir: pathlib.Path, info: dict) -> None:
-    try:
-        from tensorboardX import SummaryWriter  # noqa: PLC0415
-    except ImportError:  # pragma: no cover
-        return
-    import numpy as np  # noqa: PLC0415
-    from PIL import Image  # noqa: PLC0415
-
-    w = SummaryWriter(str(workdir / "tensorboard"))
-    if "tokenizer" in info:
-        w.add_scalar("demo/tokenizer_psnr_heldout", info["tokenizer"]["psnr_heldout"], 0)
-    if "generate" in info:
-        g = info["generate"]
-        w.add_scalar("demo/overall", g["overall"], 0)
-        for c, v in g["per_category"].items():
-            w.add_scalar(f"demo/{c}", v, 0)
-        grid = np.asarray(Image.open(g["grid"]).convert("RGB"))
-        w.add_image("demo/heldout_grid", grid, 0, dataformats="HWC")
-    for s, v in info.items():
-        w.add_scalar(f"demo/seconds_{s}", v["seconds"], 0)
-    w.close()
 
 
 # --------------------------------------------------------------------------------------- main --
@@ -463,7 +336,7 @@ def run(config, workdir: str | os.PathLike, stop_after: str | None = None) -> di
             return info
     total = sum(v["seconds"] for v in info.values())
     report = write_report(config, workdir, info, total)
-    _tensorboard(workdir, info)
+    write_tensorboard(workdir, info)
     summary = {"total_seconds": total, "wall_seconds_this_run": time.perf_counter() - t_all,
                **{f"{k}_seconds": v["seconds"] for k, v in info.items()},
                "tokenizer_psnr_heldout": info["tokenizer"]["psnr_heldout"],
@@ -483,10 +356,6 @@ def _define_flags() -> None:
 
 
 def main(argv):
-    import logging  # noqa: PLC0415
-
-    from absl import logging as absl_logging  # noqa: PLC0415
-
     rest = argv[1:]
     if rest and any(not a.startswith("--config.") for a in rest):
         _fail(f"unexpected arguments: {' '.join(rest)}")

@@ -1,4 +1,5 @@
 """Power-law fitter, compute frontier, sweep FLOP bookkeeping and the analysis command."""
+import importlib.util
 import json
 import os
 import pathlib
@@ -8,7 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from infinity_jax.eval import scaling_fit as sf
+from infinity_jax.scaling import fit as sf
+from infinity_jax.scaling.analyze import analyze
+from infinity_jax.scaling.plan import plan_sweep, size_config, step_flops
+from infinity_jax.transformer.config import InfinityConfig
+from infinity_jax.transformer.config import size_config as official
+from infinity_jax.transformer.flops import forward_flops, param_count, train_flops
 
 
 # ----------------------------------------------------------------------------------- the fitter
@@ -108,10 +114,6 @@ def _hand_forward_flops(C, Ct, M, d, depth, scales, T):
 
 
 def test_sweep_flops_match_hand_count_and_plan_bookkeeping():
-    from infinity_jax.scaling import plan_sweep, size_config, step_flops
-    from infinity_jax.transformer.flops import forward_flops, train_flops
-    from infinity_jax.transformer.config import InfinityConfig
-
     config = _toy_config()
     # s2: depth 1, width 64, MLP 256, d 16, text width 64, 16 caption tokens, scales 1,2,3,4
     st = step_flops(size_config(config, "s2"))
@@ -149,8 +151,6 @@ def test_sweep_flops_match_hand_count_and_plan_bookkeeping():
 
 
 def _toy_config():
-    import importlib.util
-
     path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "scaling_toy.py"
     spec = importlib.util.spec_from_file_location("scaling_toy_cfg", path)
     mod = importlib.util.module_from_spec(spec)
@@ -160,10 +160,6 @@ def _toy_config():
 
 def test_official_ladder_sizes_plan():
     """Official sizes resolve through size_config with the trainer's parameter count."""
-    from infinity_jax.scaling import plan_sweep
-    from infinity_jax.transformer.config import size_config as official
-    from infinity_jax.transformer.flops import param_count
-
     config = _toy_config()
     plan, cfgs = plan_sweep(config, ["layer12", "layer16"], budget=1e18, mode="iso_flop", points=3)
     assert cfgs["layer12"].size == "layer12"
@@ -212,8 +208,6 @@ def _fake_sweep(root: pathlib.Path, alpha=0.3, E=0.35, A=40.0, n_img=64):
 
 
 def test_analyze_writes_fits_plots_and_tables(tmp_path):
-    from infinity_jax.scaling import analyze
-
     _fake_sweep(tmp_path)
     fits = analyze(str(tmp_path), str(tmp_path / "out"), n_boot=20)
     h = fits["headline_params"]
