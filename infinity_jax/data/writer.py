@@ -29,8 +29,10 @@ import pathlib
 from typing import Iterable, Iterator
 
 import numpy as np
+from absl import flags
 
 from infinity_jax.data.records import CorruptRecord, decode_image, encode_example, image_size
+from infinity_jax.text.precompute import open_features
 
 INDEX = "index.json"
 ASPECTS = "h_div_w.npy"
@@ -79,8 +81,6 @@ def write_shards(captions: str | os.PathLike, images: str | os.PathLike | None, 
     out.mkdir(parents=True, exist_ok=True)
     readers = {}
     if t5_features:
-        from infinity_jax.text.precompute import open_features  # noqa: PLC0415
-
         readers = {f: open_features(f) for f in files}
 
     # Pass 1: read lines, check images, collect what to write (bytes stay on disk until pass 2).
@@ -165,7 +165,6 @@ def path_rel(p: pathlib.Path, root: pathlib.Path | None) -> pathlib.Path:
 
 def main(argv):  # pragma: no cover - thin CLI (write_shards is tested)
     del argv
-    from absl import flags  # noqa: PLC0415
 
     F = flags.FLAGS
     try:
