@@ -149,6 +149,11 @@ def main(argv):
         sys.exit(f"error: {e}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``infinity-convert`` console script."""
     define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

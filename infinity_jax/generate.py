@@ -237,5 +237,10 @@ def main(argv):
     print(msg)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``infinity-generate`` console script."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

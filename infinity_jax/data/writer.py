@@ -29,7 +29,7 @@ import pathlib
 from typing import Iterable, Iterator
 
 import numpy as np
-from absl import flags
+from absl import app, flags
 
 from infinity_jax.data.records import CorruptRecord, decode_image, encode_example, image_size
 from infinity_jax.text.precompute import open_features
@@ -176,9 +176,8 @@ def main(argv):  # pragma: no cover - thin CLI (write_shards is tested)
           f"{idx['num_skipped']} lines skipped")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    from absl import app, flags
-
+def run() -> None:  # pragma: no cover - thin CLI
+    """The ``infinity-write-shards`` console script."""
     flags.DEFINE_string("captions", None, "Captions JSONL file or folder of JSONL files.", required=True)
     flags.DEFINE_string("images", None, "Folder that image_path entries are relative to.")
     flags.DEFINE_string("output", None, "Output folder.", required=True)
@@ -187,3 +186,7 @@ if __name__ == "__main__":  # pragma: no cover
     flags.DEFINE_bool("t5_features", False, "Embed precomputed T5 features (X.t5/ beside each JSONL).")
     flags.DEFINE_bool("overwrite", False, "Replace existing shards in --output.")
     app.run(main)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

@@ -307,7 +307,7 @@ def main(argv):  # pragma: no cover - thin CLI, exercised through precompute_fil
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from absl import app, flags
+    from absl import app
 
     flags.DEFINE_string("data", None, "a JSONL captions file or a folder of them", required=True)
     flags.DEFINE_string("t5", None, "local Hugging Face T5 folder (config.json, spiece.model, weights)",

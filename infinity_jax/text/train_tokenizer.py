@@ -144,7 +144,7 @@ def main(argv):  # pragma: no cover - thin CLI
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from absl import app, flags
+    from absl import app
 
     flags.DEFINE_string("corpus", None, "a .jsonl captions file or a text file (one sentence a line)", required=True)
     flags.DEFINE_string("out", None, "output folder (spiece.model, plus the model with --tiny_model)", required=True)

@@ -64,5 +64,10 @@ def main(argv):
         sys.exit(str(e))
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``infinity-model-stats`` console script."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -45,7 +45,8 @@ from infinity_jax.state_dict import load_state_dict
 from infinity_jax.tokenizer.convert import from_official as vae_from_official
 from infinity_jax.tokenizer.vae import VAEConfig, jit_decode
 from infinity_jax.tools.fixture_train_step import (
-    GOLDEN_FILE, GRAD_RTOL, SCALAR_RTOL, UPDATE_ATOL, TrainStepSettingsError, compare_train_step, run_train_step, summary_lines,
+    GOLDEN_FILE, GRAD_RTOL, SCALAR_RTOL, UPDATE_ATOL, TrainStepSettingsError, compare_train_step, run_train_step,
+    summary_lines, text_inputs,
 )
 from infinity_jax.transformer.config import InfinityConfig
 from infinity_jax.transformer.convert import export_official, load as load_transformer
