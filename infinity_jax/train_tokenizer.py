@@ -21,10 +21,6 @@ import sys
 from absl import app, flags, logging as absl_logging
 from ml_collections import config_flags
 
-from infinity_jax.data.bucketing import EmptyDatasetError
-from infinity_jax.training.tokenizer_trainer import TokenizerConfigError, TokenizerTrainer
-from infinity_jax.training.trainer import ConfigError
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Tokenizer config file (configs/tokenizer.py:args).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and the exported tokenizer.")
@@ -40,6 +36,10 @@ def main(argv) -> None:
     absl_logging.set_verbosity(absl_logging.INFO)
     for noisy in ("absl", "orbax", "jax._src", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
+    from infinity_jax.data.bucketing import EmptyDatasetError  # noqa: PLC0415
+    from infinity_jax.training.tokenizer_trainer import TokenizerConfigError, TokenizerTrainer  # noqa: PLC0415
+    from infinity_jax.training.trainer import ConfigError  # noqa: PLC0415
 
     workdir = _WORKDIR.value
     try:

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import sys
 
-import jax
 from absl import app, flags
-from flax import nnx
 from ml_collections import config_flags
 
 from infinity_jax.schedules import PN_TO_NUM_SCALES, ScheduleError, get_schedule, nearest_template
 from infinity_jax.transformer.config import OFFICIAL_PARAM_COUNTS, SIZE_NAMES, size_config
 from infinity_jax.transformer.flops import forward_flops, param_count
-from infinity_jax.transformer.model import Infinity
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (file.py:args).", lock_config=False)
 _SIZE = flags.DEFINE_string("size", None, f"Model size instead of a config: {', '.join(SIZE_NAMES)}.")
@@ -35,6 +32,12 @@ def stats(size: str, pns, h_div_w: float, text_len: int, verify: bool = False) -
         ref = OFFICIAL_PARAM_COUNTS[size]
         lines.append(f"  official:   {ref:,.0f} ({ref / 1e9:.3f} B), difference {100 * (n - ref) / ref:+.3f} %")
     if verify:
+        # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
+        import jax  # noqa: PLC0415
+        from flax import nnx  # noqa: PLC0415
+
+        from infinity_jax.transformer.model import Infinity  # noqa: PLC0415
+
         abstract = nnx.eval_shape(lambda: Infinity(cfg, rngs=nnx.Rngs(0)))
         counted = sum(int(x.size) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
         lines.append(f"  built model: {counted:,} parameters ({'matches' if counted == n else 'DIFFERS'})")

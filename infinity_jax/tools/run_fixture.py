@@ -28,30 +28,13 @@ the golden files' names, in the official layouts:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-
-from infinity_jax.sampling.sampler import Sampler, SamplingConfig
-from infinity_jax.schedules import normalize_schedule, official_patchify, tokenizer_schedule
-from infinity_jax.state_dict import load_state_dict
-from infinity_jax.tokenizer.convert import from_official as vae_from_official
-from infinity_jax.tokenizer.vae import VAEConfig, jit_decode
-from infinity_jax.tools.fixture_train_step import (
-    GOLDEN_FILE, GRAD_RTOL, SCALAR_RTOL, UPDATE_ATOL, TrainStepSettingsError, compare_train_step, run_train_step,
-    summary_lines, text_inputs,
-)
-from infinity_jax.transformer.config import InfinityConfig
-from infinity_jax.transformer.convert import export_official, load as load_transformer
-from infinity_jax.transformer.loss import infinity_loss
-from infinity_jax.transformer.self_correction import flip_requant
 
 _RUNS_NEEDING_RECORDED_BITS = ("official_stochastic",)
 
@@ -60,12 +43,26 @@ def _nchw(x):
     return np.asarray(x).transpose(0, 3, 1, 2)
 
 
-
 def run_fixture(folder: str | pathlib.Path, log=print, overrides: dict | None = None) -> dict[str, np.ndarray]:
     """All quantities this package can compute for a fixture folder, under the golden names.
 
     ``overrides``: :class:`InfinityConfig` fields set on top of the fixture's config.
     """
+    # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from infinity_jax.sampling.sampler import Sampler, SamplingConfig  # noqa: PLC0415
+    from infinity_jax.schedules import normalize_schedule, official_patchify, tokenizer_schedule  # noqa: PLC0415
+    from infinity_jax.state_dict import load_state_dict  # noqa: PLC0415
+    from infinity_jax.tokenizer.convert import from_official as vae_from_official  # noqa: PLC0415
+    from infinity_jax.tokenizer.vae import VAEConfig, jit_decode  # noqa: PLC0415
+    from infinity_jax.tools.fixture_train_step import run_train_step, text_inputs  # noqa: PLC0415
+    from infinity_jax.transformer.config import InfinityConfig  # noqa: PLC0415
+    from infinity_jax.transformer.convert import export_official, load as load_transformer  # noqa: PLC0415
+    from infinity_jax.transformer.loss import infinity_loss  # noqa: PLC0415
+    from infinity_jax.transformer.self_correction import flip_requant  # noqa: PLC0415
+
     folder = pathlib.Path(folder)
     man = json.loads((folder / "manifest.json").read_text())
     conf = man["config"]
@@ -177,6 +174,9 @@ def run_fixture(folder: str | pathlib.Path, log=print, overrides: dict | None = 
 def compare(folder: str | pathlib.Path, computed: dict[str, np.ndarray]) -> list[tuple[str, str, float, bool]]:
     """[(golden file, name, error, ok)] for every golden quantity: max |error| within 1e-4, bits
     exact, uint8 within 1; the train step by its own rules (``fixture_train_step.compare_train_step``)."""
+    # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
+    from infinity_jax.tools.fixture_train_step import GOLDEN_FILE, compare_train_step  # noqa: PLC0415
+
     rows = []
     for gfile in sorted(pathlib.Path(folder).glob("golden_*.npz")):
         g = np.load(gfile)
@@ -206,6 +206,8 @@ def compare(folder: str | pathlib.Path, computed: dict[str, np.ndarray]) -> list
 
 
 def main(argv=None):
+    import argparse  # noqa: PLC0415
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fixture", required=True, help="fixture folder (manifest.json, weights_*.npz, inputs.npz)")
     ap.add_argument("--out", required=True, help="output .npz")
@@ -213,6 +215,10 @@ def main(argv=None):
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a transformer config field, e.g. scan_blocks=true (repeatable)")
     args = ap.parse_args(argv)
+    # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
+    from infinity_jax.tools.fixture_train_step import (GOLDEN_FILE, GRAD_RTOL, SCALAR_RTOL,  # noqa: PLC0415
+                                                       UPDATE_ATOL, TrainStepSettingsError, compare_train_step,
+                                                       summary_lines)
 
     try:
         overrides = parse_overrides(args.set)
@@ -255,6 +261,9 @@ def main(argv=None):
 
 def parse_overrides(items) -> dict:
     """``["scan_blocks=true", "attention_impl=xla"]`` -> {field: value} (JSON values, else strings)."""
+    # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
+    from infinity_jax.transformer.config import InfinityConfig  # noqa: PLC0415
+
     fields = {f.name for f in dataclasses.fields(InfinityConfig)}
     out = {}
     for item in items:
