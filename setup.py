@@ -37,5 +37,20 @@ setup(
         # machine; pinned to the jax version it was built with (pip resolves libtpu 0.0.42.1)
         "tpu": ["jax[tpu]==0.10.2"],
     },
-    entry_points={},
+    # each command also runs as `python -m <module>`
+    entry_points={
+        "console_scripts": [
+            "infinity-generate = infinity_jax.generate:run",
+            "infinity-train = infinity_jax.train:run",
+            "infinity-train-tokenizer = infinity_jax.train_tokenizer:run",
+            "infinity-convert = infinity_jax.convert:run",
+            "infinity-demo = infinity_jax.demo:run",
+            "infinity-scaling = infinity_jax.scaling.__main__:run",
+            "infinity-aot = infinity_jax.tools.aot:cli",
+            "infinity-run-fixture = infinity_jax.tools.run_fixture:main",
+            "infinity-model-stats = infinity_jax.tools.model_stats:run",
+            "infinity-write-shards = infinity_jax.data.writer:run",
+            "infinity-prefix-replay = infinity_jax.eval.prefix_replay:main",
+        ],
+    },
 )

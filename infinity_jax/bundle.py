@@ -24,7 +24,11 @@ import jax
 import numpy as np
 from flax import nnx
 
+from infinity_jax.sharding import state_shardings
 from infinity_jax.state_dict import CheckpointMismatchError
+from infinity_jax.tokenizer.vae import BSQVAE, VAEConfig
+from infinity_jax.transformer.config import InfinityConfig
+from infinity_jax.transformer.model import Infinity
 
 FORMAT = "infinity-jax/1"
 CONFIG_NAME = "infinity_config.json"
@@ -153,11 +157,6 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
 
 def load(directory: str | os.PathLike, *, dtype: str | None = None, mesh=None):
     """Read a checkpoint folder -> (transformer, tokenizer, text_encoder_folder or None, config dict)."""
-    from infinity_jax.sharding import state_shardings  # noqa: PLC0415
-    from infinity_jax.tokenizer.vae import BSQVAE, VAEConfig  # noqa: PLC0415
-    from infinity_jax.transformer.config import InfinityConfig  # noqa: PLC0415
-    from infinity_jax.transformer.model import Infinity  # noqa: PLC0415
-
     directory = pathlib.Path(directory)
     cfg = read_config(directory)
     try:

@@ -44,6 +44,7 @@ def define_flags() -> None:
 def _parse_mesh(spec: str | None):
     if not spec:
         return None
+    # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
     from infinity_jax.sharding import make_mesh  # noqa: PLC0415
 
     shape = {}
@@ -61,6 +62,7 @@ def convert(*, transformer_path, vae_path, out, size=None, official_config=None,
     ``out`` is refused unless ``overwrite`` (then replaced whole). The bundle is written to a
     temporary sibling folder and renamed to ``out`` at the end: an interrupted run leaves nothing.
     """
+    # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
     import jax.numpy as jnp  # noqa: PLC0415
 
     from infinity_jax import bundle  # noqa: PLC0415
@@ -140,6 +142,7 @@ def main(argv):
     for path in (FLAGS.transformer, FLAGS.vae, FLAGS.t5):
         if path and not pathlib.Path(path).exists():
             sys.exit(f"error: {path} does not exist")
+    # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
     from infinity_jax.state_dict import CheckpointMismatchError  # noqa: PLC0415
 
     try:
@@ -153,6 +156,11 @@ def main(argv):
         sys.exit(f"error: {e}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``infinity-convert`` console script."""
     define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -39,6 +39,7 @@ def _check_workdir(workdir: str | None) -> str | None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
     from infinity_jax.training.trainer import maybe_initialize_distributed  # noqa: PLC0415
 
     maybe_initialize_distributed()

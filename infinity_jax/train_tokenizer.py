@@ -36,6 +36,7 @@ def main(argv) -> None:
     absl_logging.set_verbosity(absl_logging.INFO)
     for noisy in ("absl", "orbax", "jax._src", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
     from infinity_jax.data.bucketing import EmptyDatasetError  # noqa: PLC0415
     from infinity_jax.training.tokenizer_trainer import TokenizerConfigError, TokenizerTrainer  # noqa: PLC0415
     from infinity_jax.training.trainer import ConfigError  # noqa: PLC0415

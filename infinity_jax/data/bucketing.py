@@ -18,11 +18,13 @@ import logging
 import os
 import pathlib
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 
 from infinity_jax import schedules
+from infinity_jax.data.records import image_size
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,6 @@ def assign_buckets(aspects: np.ndarray, buckets: Sequence[Bucket]) -> np.ndarray
 
 def scan_aspect_ratios(source, cache: str | os.PathLike | None = None, threads: int = 8) -> np.ndarray:
     """h/w of every record of ``source`` from image headers (NaN where unreadable), cached to ``cache``."""
-    from infinity_jax.data.records import image_size  # noqa: PLC0415
-
     if cache is not None and pathlib.Path(cache).exists():
         arr = np.load(cache)
         if len(arr) == len(source):
@@ -94,8 +94,6 @@ def scan_aspect_ratios(source, cache: str | os.PathLike | None = None, threads: 
             return h / w
         except Exception:  # noqa: BLE001 - the pipeline reports the record when it loads it
             return np.nan
-
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
     with ThreadPoolExecutor(threads) as ex:
         arr = np.fromiter(ex.map(one, range(n)), np.float64, count=n)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from infinity_jax.data.bucketing import BatchPlan, Bucket, assign_buckets, scan_aspect_ratios
+from infinity_jax.data.bucketing import BatchPlan, Bucket, EmptyDatasetError, assign_buckets, scan_aspect_ratios
 from infinity_jax.data.captions import Caption, choose_caption, stored_caption
 from infinity_jax.data.records import CorruptRecord, ImageDecodeError, captions_of, decode_image, resize_center_crop
 
@@ -159,8 +159,6 @@ class DataPipeline:
         import grain  # noqa: PLC0415
 
         if len(source) == 0:
-            from infinity_jax.data.bucketing import EmptyDatasetError  # noqa: PLC0415
-
             raise EmptyDatasetError(f"the data source {source!r} is empty")
         if global_batch % process_count:
             raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")

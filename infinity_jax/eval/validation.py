@@ -31,9 +31,13 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from infinity_jax.data.bucketing import BatchPlan
+from infinity_jax.data.pipeline import BatchLoader
 from infinity_jax.schedules import scale_offsets
+from infinity_jax.training.trainer import build_source
 from infinity_jax.transformer.loss import bit_cross_entropy, predicted_bits, scale_weights
 from infinity_jax.transformer.self_correction import flip_requant
 
@@ -169,10 +173,6 @@ def validation_source(trainer, vcfg):
     ``vcfg.source``: ``factory`` (``vcfg.factory`` 'module:callable' with ``vcfg.factory_kwargs``),
     ``arrayrecord`` (``vcfg.path``), ``tfds`` (``vcfg.tfds``) or ``synthetic``.
     """
-    import ml_collections  # noqa: PLC0415
-
-    from infinity_jax.training.trainer import build_source  # noqa: PLC0415
-
     c = ml_collections.ConfigDict({"data": trainer.config.data.to_dict()})
     d = c.data
     d.source = str(vcfg.get("source", "factory"))
@@ -195,9 +195,6 @@ def build_heldout(trainer, vcfg) -> HeldOutSet:
     ``vcfg.h_div_w``, default 1.0), so the per-scale metrics are over the same scales; captions are
     the full ones (official ``short_prob=0``), their features from the trainer's text source.
     """
-    from infinity_jax.data.bucketing import BatchPlan  # noqa: PLC0415
-    from infinity_jax.data.pipeline import BatchLoader  # noqa: PLC0415
-
     source = validation_source(trainer, vcfg)
     n = min(int(vcfg.num_images), len(source))
     if n < 1:

@@ -16,8 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from infinity_jax import schedules
+from infinity_jax import bundle, schedules
 from infinity_jax.sampling.sampler import Sampler, SamplingConfig
+from infinity_jax.text.encoder import TextEncoder
+from infinity_jax.tokenizer.vae import jit_decode
 
 
 class PromptError(ValueError):
@@ -73,8 +75,6 @@ class Pipeline:
 
     def __init__(self, transformer, tokenizer, text_encoder=None, *, sampling_defaults: dict | None = None,
                  schedules_override: dict | None = None):
-        from infinity_jax.tokenizer.vae import jit_decode  # noqa: PLC0415
-
         self.transformer = transformer
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
@@ -89,13 +89,9 @@ class Pipeline:
 
     @classmethod
     def from_checkpoint(cls, directory, *, dtype: str | None = None, mesh=None) -> "Pipeline":
-        from infinity_jax import bundle  # noqa: PLC0415
-
         transformer, tokenizer, text_folder, cfg = bundle.load(directory, dtype=dtype, mesh=mesh)
         text = None
         if text_folder is not None:
-            from infinity_jax.text.encoder import TextEncoder  # noqa: PLC0415
-
             text = TextEncoder.load(text_folder)
         sampling = dict(cfg.get("sampling") or {})
         custom = sampling.pop("schedules", None)

@@ -20,6 +20,7 @@ holds ``line``, ``field``, ``shape`` ``(n, C)`` (n = tokens incl. EOS), ``dtype`
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,7 +28,12 @@ import pathlib
 import shutil
 from typing import Iterable, Iterator, Sequence
 
+import jax.numpy as jnp
 import numpy as np
+from absl import flags
+from tqdm import tqdm
+
+from infinity_jax.text.encoder import TextEncoder
 
 MAGIC = b"T5F1"
 FORMAT_VERSION = 1
@@ -109,8 +115,6 @@ def _read_progress(folder: pathlib.Path) -> list[dict]:
 
 def model_fingerprint(encoder) -> dict:
     """What identifies the features: model config, a weights digest, the tokenizer's sha1."""
-    import dataclasses  # noqa: PLC0415
-
     m = encoder.model
     digest = hashlib.sha1()
     digest.update(np.asarray(m.final_norm.scale[...], np.float32).tobytes())
@@ -156,7 +160,6 @@ def precompute_file(jsonl: str | os.PathLike, encoder, *, fields: Sequence[str] 
       ``{"lines": lines finished now, "records": records written now, "skipped": lines already done}``.
     """
     from array_record.python.array_record_module import ArrayRecordWriter  # noqa: PLC0415
-    from tqdm import tqdm  # noqa: PLC0415
 
     jsonl = pathlib.Path(jsonl)
     out = feature_dir(jsonl)
@@ -293,10 +296,6 @@ def open_features(path: str | os.PathLike) -> FeatureReader:
 
 def main(argv):  # pragma: no cover - thin CLI, exercised through precompute_file in tests
     del argv
-    import jax.numpy as jnp  # noqa: PLC0415
-    from absl import flags  # noqa: PLC0415
-
-    from infinity_jax.text.encoder import TextEncoder  # noqa: PLC0415
 
     f = flags.FLAGS
     dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -308,7 +307,7 @@ def main(argv):  # pragma: no cover - thin CLI, exercised through precompute_fil
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from absl import app, flags
+    from absl import app
 
     flags.DEFINE_string("data", None, "a JSONL captions file or a folder of them", required=True)
     flags.DEFINE_string("t5", None, "local Hugging Face T5 folder (config.json, spiece.model, weights)",

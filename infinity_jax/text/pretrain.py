@@ -36,6 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from tqdm import tqdm
+
+from infinity_jax.text.convert import save_pretrained
+from infinity_jax.text.t5 import load
+from infinity_jax.text.tokenize import T5Tokenizer
 
 
 def masked_batch(ids: np.ndarray, lens: np.ndarray, rng: np.random.Generator, mask_rate: float, mask_id: int
@@ -92,12 +97,6 @@ def pretrain_encoder(folder: str | pathlib.Path, captions: Sequence[str], *, hel
       ``{"steps", "loss_first", "loss_last", "accuracy_last", "heldout_accuracy_before",
       "heldout_accuracy_after", "seconds"}`` (also written to ``folder/pretrain.json``).
     """
-    from tqdm import tqdm  # noqa: PLC0415
-
-    from infinity_jax.text.convert import save_pretrained  # noqa: PLC0415
-    from infinity_jax.text.t5 import load  # noqa: PLC0415
-    from infinity_jax.text.tokenize import T5Tokenizer  # noqa: PLC0415
-
     folder = pathlib.Path(folder)
     if not captions:
         raise ValueError("pretrain_encoder needs at least one caption")

@@ -316,6 +316,7 @@ class Model(nnx.Module):
 
 def load(folder: str | os.PathLike, *, dtype: DType = jnp.float32, param_dtype: DType = jnp.float32) -> Model:
     """A :class:`Model` with the weights of a local Hugging Face T5 folder (see :mod:`.convert`)."""
+    # deferred: text.convert imports this module (cycle t5 -> convert -> t5)
     from infinity_jax.text.convert import load_model  # noqa: PLC0415
 
     return load_model(folder, dtype=dtype, param_dtype=param_dtype)

@@ -20,6 +20,10 @@ import os
 import pathlib
 from typing import Iterable, Iterator
 
+import numpy as np
+from absl import flags
+
+from infinity_jax.text.convert import expected_shapes, from_state_dict, save_pretrained
 from infinity_jax.text.t5 import T5Config
 
 #: Width/depth of the tiny encoder (vocab_size is set from the trained tokenizer).
@@ -92,8 +96,6 @@ def build_tiny_t5(folder: str | os.PathLike, corpus: Iterable[str] | None = None
     """
     from sentencepiece import sentencepiece_model_pb2  # noqa: PLC0415
 
-    from infinity_jax.text.convert import from_state_dict, save_pretrained  # noqa: PLC0415
-
     if spiece_model is None:
         if corpus is None:
             raise ValueError("build_tiny_t5 needs a corpus or a spiece_model")
@@ -112,10 +114,6 @@ def random_state_dict(cfg: T5Config, seed: int = 0) -> dict:
 
     (numpy is used rather than ``Model(cfg, rngs=...)`` only because it is instant on CPU.)
     """
-    import numpy as np  # noqa: PLC0415
-
-    from infinity_jax.text.convert import expected_shapes  # noqa: PLC0415
-
     rng = np.random.default_rng(seed)
     d, f, hk = cfg.d_model, cfg.d_ff, cfg.num_heads * cfg.d_kv
     std = {"shared": 1.0, "embed_positions": 1.0, "relative_attention_bias": d ** -0.5, ".q.": (d * cfg.d_kv) ** -0.5,
@@ -132,7 +130,6 @@ def random_state_dict(cfg: T5Config, seed: int = 0) -> dict:
 
 def main(argv):  # pragma: no cover - thin CLI
     del argv
-    from absl import flags  # noqa: PLC0415
 
     f = flags.FLAGS
     src = pathlib.Path(f.corpus)
@@ -147,7 +144,7 @@ def main(argv):  # pragma: no cover - thin CLI
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from absl import app, flags
+    from absl import app
 
     flags.DEFINE_string("corpus", None, "a .jsonl captions file or a text file (one sentence a line)", required=True)
     flags.DEFINE_string("out", None, "output folder (spiece.model, plus the model with --tiny_model)", required=True)

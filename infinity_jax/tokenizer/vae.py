@@ -36,6 +36,7 @@ from flax import nnx
 
 from infinity_jax import schedules as _schedules
 from infinity_jax.sharding import param
+from infinity_jax.state_dict import load_state_dict
 from infinity_jax.tokenizer import quantizer as _q
 from infinity_jax.tokenizer.packing import patchify, unpatchify
 from infinity_jax.tokenizer.resample import area_resize, bilinear_resize
@@ -619,7 +620,7 @@ def load(path_or_state: str | os.PathLike | Mapping[str, Any], config: VAEConfig
     Raises :class:`~infinity_jax.state_dict.CheckpointMismatchError` naming every missing,
     unexpected or mis-shaped key.
     """
-    from infinity_jax.state_dict import load_state_dict  # noqa: PLC0415
+    # deferred: tokenizer.convert imports this module (cycle vae -> convert -> vae)
     from infinity_jax.tokenizer import convert  # noqa: PLC0415
 
     if isinstance(path_or_state, Mapping):

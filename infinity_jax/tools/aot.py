@@ -35,12 +35,17 @@ from absl import app, flags
 from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
+from infinity_jax import train as train_cli
 from infinity_jax.data.bucketing import make_buckets
+from infinity_jax.sampling.sampler import Sampler
 from infinity_jax.schedules import tokenizer_schedule
 from infinity_jax.sharding import indivisible_params, make_mesh
 from infinity_jax.tools.hlo_stats import COLLECTIVES, hlo_stats
 from infinity_jax.tools.tpu import ChipSpec, TopologyError, chip_for_device_kind, parse_topology, topology_devices
+from infinity_jax.training.trainer import ConfigError, Trainer, model_config, vae_config
 from infinity_jax.transformer.attention import resolve as resolve_attention
+from infinity_jax.transformer.flops import self_attention_flops, train_flops
+from infinity_jax.transformer.model import Infinity
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +125,6 @@ def _program_stats(compiled) -> dict:
 def train_report(trainer, bucket_id: int, compiled, *, chip: ChipSpec | None = None,
                  hbm_gib: float | None = None, compile_seconds: float | None = None) -> dict:
     """The per-chip report of a compiled train step (``Trainer.jitted_step(bucket_id)``, compiled)."""
-    from infinity_jax.transformer.flops import self_attention_flops, train_flops  # noqa: PLC0415
-
     device = trainer.mesh.devices.flat[0]
     chip = chip or chip_for_device_kind(device.device_kind)
     hbm = hbm_gib * GIB if hbm_gib else (chip.hbm_bytes if chip else None)
@@ -159,8 +162,6 @@ def train_report(trainer, bucket_id: int, compiled, *, chip: ChipSpec | None = N
 def compile_train(config, devices, *, chip: ChipSpec | None = None, hbm_gib: float | None = None) -> dict:
     """Build the Trainer on a mesh of ``devices`` (config.mesh, default fsdp over all), compile the
     step of the template with the most tokens, and report."""
-    from infinity_jax.training.trainer import ConfigError, Trainer  # noqa: PLC0415
-
     try:
         mesh = make_mesh(dict(config.mesh), devices=devices)
     except ValueError as e:
@@ -182,10 +183,6 @@ def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: 
     unless ``cfg == 1``) at ``config.pn``, template ``h_div_w`` (or ``config.schedule``); parameters
     as the pipeline holds them (float32), compute and KV cache in ``dtype`` (default
     ``config.model.dtype``)."""
-    from infinity_jax.sampling.sampler import Sampler  # noqa: PLC0415
-    from infinity_jax.training.trainer import model_config, vae_config  # noqa: PLC0415
-    from infinity_jax.transformer.model import Infinity  # noqa: PLC0415
-
     mcfg = model_config(config)
     mcfg = mcfg.replace(dtype=str(dtype or mcfg.dtype))
     vcfg = vae_config(config, mcfg)
@@ -360,8 +357,6 @@ def run(config, topology: str, parts=("train", "sampler"), *, batch=None, attent
 
 
 def main(argv, config_flag, f: dict) -> None:
-    from infinity_jax.training.trainer import ConfigError  # noqa: PLC0415
-
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if config_flag.value is None or not f["topology"].value:
@@ -394,8 +389,6 @@ def main(argv, config_flag, f: dict) -> None:
 
 
 def cli() -> None:
-    from infinity_jax import train as train_cli  # noqa: PLC0415 - defines --config (file.py:args) and its errors
-
     f = _define_flags()
     app.run(lambda argv: main(argv, train_cli._CONFIG, f), flags_parser=train_cli._parse_flags)
 

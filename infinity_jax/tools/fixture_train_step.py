@@ -40,7 +40,6 @@ from infinity_jax.sharding import make_mesh
 from infinity_jax.state_dict import load_state_dict
 from infinity_jax.tokenizer.convert import from_official as vae_from_official
 from infinity_jax.tokenizer.vae import VAEConfig
-from infinity_jax.tools.run_fixture import text_inputs
 from infinity_jax.training import state as st
 from infinity_jax.training.optimizer import decay_mask, learning_rate_schedule, make_optimizer
 from infinity_jax.training.step import apply_update, loss_and_grads
@@ -59,6 +58,25 @@ GOLDEN_FILE = "golden_train_step.npz"
 
 class TrainStepSettingsError(ValueError):
     """``train_step.json`` asks for a step this runner cannot reproduce."""
+
+
+def text_inputs(inputs: dict):
+    """The fixture's text conditioning as padded ``(B, L, C)`` f32 features and a ``(B, L)`` bool mask
+    (from ``text_features`` + ``text_mask``/``text_lens``, or the official ``kv_compact`` + ``cu_seqlens_k``)."""
+    if "text_features" in inputs:
+        feats = inputs["text_features"]
+        mask = inputs.get("text_mask")
+        if mask is None:
+            lens = inputs["text_lens"]
+            mask = np.arange(feats.shape[1])[None] < np.asarray(lens)[:, None]
+        return feats.astype(np.float32), mask.astype(bool)
+    kv, cu = inputs["kv_compact"], inputs["cu_seqlens_k"]
+    lens = np.diff(cu)
+    T = int(lens.max())
+    feats = np.zeros((len(lens), T, kv.shape[-1]), np.float32)
+    for i, (a, n) in enumerate(zip(cu[:-1], lens)):
+        feats[i, :n] = kv[a:a + n]
+    return feats, np.arange(T)[None] < lens[:, None]
 
 
 def read_settings(folder: str | pathlib.Path) -> dict | None:

@@ -43,28 +43,12 @@ def _nchw(x):
     return np.asarray(x).transpose(0, 3, 1, 2)
 
 
-def text_inputs(inputs: dict):
-    if "text_features" in inputs:
-        feats = inputs["text_features"]
-        mask = inputs.get("text_mask")
-        if mask is None:
-            lens = inputs["text_lens"]
-            mask = np.arange(feats.shape[1])[None] < np.asarray(lens)[:, None]
-        return feats.astype(np.float32), mask.astype(bool)
-    kv, cu = inputs["kv_compact"], inputs["cu_seqlens_k"]
-    lens = np.diff(cu)
-    T = int(lens.max())
-    feats = np.zeros((len(lens), T, kv.shape[-1]), np.float32)
-    for i, (a, n) in enumerate(zip(cu[:-1], lens)):
-        feats[i, :n] = kv[a:a + n]
-    return feats, np.arange(T)[None] < lens[:, None]
-
-
 def run_fixture(folder: str | pathlib.Path, log=print, overrides: dict | None = None) -> dict[str, np.ndarray]:
     """All quantities this package can compute for a fixture folder, under the golden names.
 
     ``overrides``: :class:`InfinityConfig` fields set on top of the fixture's config.
     """
+    # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
@@ -73,7 +57,7 @@ def run_fixture(folder: str | pathlib.Path, log=print, overrides: dict | None = 
     from infinity_jax.state_dict import load_state_dict  # noqa: PLC0415
     from infinity_jax.tokenizer.convert import from_official as vae_from_official  # noqa: PLC0415
     from infinity_jax.tokenizer.vae import VAEConfig, jit_decode  # noqa: PLC0415
-    from infinity_jax.tools.fixture_train_step import run_train_step  # noqa: PLC0415
+    from infinity_jax.tools.fixture_train_step import run_train_step, text_inputs  # noqa: PLC0415
     from infinity_jax.transformer.config import InfinityConfig  # noqa: PLC0415
     from infinity_jax.transformer.convert import export_official, load as load_transformer  # noqa: PLC0415
     from infinity_jax.transformer.loss import infinity_loss  # noqa: PLC0415
@@ -190,6 +174,7 @@ def run_fixture(folder: str | pathlib.Path, log=print, overrides: dict | None = 
 def compare(folder: str | pathlib.Path, computed: dict[str, np.ndarray]) -> list[tuple[str, str, float, bool]]:
     """[(golden file, name, error, ok)] for every golden quantity: max |error| within 1e-4, bits
     exact, uint8 within 1; the train step by its own rules (``fixture_train_step.compare_train_step``)."""
+    # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
     from infinity_jax.tools.fixture_train_step import GOLDEN_FILE, compare_train_step  # noqa: PLC0415
 
     rows = []
@@ -230,6 +215,7 @@ def main(argv=None):
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a transformer config field, e.g. scan_blocks=true (repeatable)")
     args = ap.parse_args(argv)
+    # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
     from infinity_jax.tools.fixture_train_step import (GOLDEN_FILE, GRAD_RTOL, SCALAR_RTOL,  # noqa: PLC0415
                                                        UPDATE_ATOL, TrainStepSettingsError, compare_train_step,
                                                        summary_lines)
@@ -275,6 +261,7 @@ def main(argv=None):
 
 def parse_overrides(items) -> dict:
     """``["scan_blocks=true", "attention_impl=xla"]`` -> {field: value} (JSON values, else strings)."""
+    # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
     from infinity_jax.transformer.config import InfinityConfig  # noqa: PLC0415
 
     fields = {f.name for f in dataclasses.fields(InfinityConfig)}

@@ -18,6 +18,7 @@ a target whose ShapeDtypeStructs carry the new shardings.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import pathlib
@@ -173,8 +174,6 @@ class Checkpointer:
         return pathlib.Path(self.directory) / str(step) / "data" / f"process_{index}-of-{count}.json"
 
     def _any_data_state(self, step: int) -> dict | None:
-        import json  # noqa: PLC0415
-
         files = sorted((pathlib.Path(self.directory) / str(step) / "data").glob("process_*-of-*.json"))
         if not files:
             log.warning("checkpoint step %s has no data iterator state: the data restarts from the beginning", step)

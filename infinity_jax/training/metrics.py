@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable, Mapping
 
 import numpy as np
+from tqdm import tqdm
 
 from infinity_jax.tools.tpu import chip_for_device_kind
 
@@ -108,8 +109,6 @@ class MetricsLogger:
                 except ImportError:
                     log.warning("tensorboardX is not installed: no TensorBoard logs")
         if progress and sys.stdout.isatty():
-            from tqdm import tqdm  # noqa: PLC0415
-
             self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step", desc=desc)
 
     def write(self, step: int, metrics: Mapping[str, float], line: str | None = None) -> None:

@@ -17,9 +17,17 @@ from __future__ import annotations
 
 import zlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from infinity_jax.data.records import CorruptRecord
+from infinity_jax.sharding import make_mesh, state_shardings
+from infinity_jax.text.convert import load_model
+from infinity_jax.text.precompute import open_features
+from infinity_jax.text.tokenize import T5Tokenizer
 
 
 class RandomText:
@@ -46,8 +54,6 @@ class PrecomputedText:
         if self.store_path is None or "line" not in example:
             return None
         if self._store is None:
-            from infinity_jax.text.precompute import open_features  # noqa: PLC0415
-
             self._store = open_features(self.store_path)
         key = (int(example["line"]), field)
         return self._store.get(*key) if key in self._store else None
@@ -82,15 +88,6 @@ class OnlineT5:
 
     def __init__(self, folder: str, max_len: int, dtype: str = "float32", *, mesh=None,
                  batch_axes: tuple[str, ...] = ()):
-        import jax  # noqa: PLC0415
-        import jax.numpy as jnp  # noqa: PLC0415
-        from flax import nnx  # noqa: PLC0415
-        from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: PLC0415
-
-        from infinity_jax.sharding import make_mesh, state_shardings  # noqa: PLC0415
-        from infinity_jax.text.convert import load_model  # noqa: PLC0415
-        from infinity_jax.text.tokenize import T5Tokenizer  # noqa: PLC0415
-
         self.dtype = jnp.dtype(dtype)
         self.max_len = int(max_len)
         self.mesh = mesh if mesh is not None else make_mesh({"data": 1}, devices=jax.devices()[:1])
@@ -125,8 +122,6 @@ class OnlineT5:
 
     def __call__(self, captions):
         """This process's captions (its rows of the global batch) -> global device arrays."""
-        import jax  # noqa: PLC0415
-
         ids, mask = self.tokenize(captions)
         ids = jax.make_array_from_process_local_data(self.batch_sharding, ids)
         mask = jax.make_array_from_process_local_data(self.batch_sharding, mask)
@@ -135,8 +130,6 @@ class OnlineT5:
     def encode_host(self, captions) -> tuple[np.ndarray, np.ndarray]:
         """Captions that every process holds alike (e.g. a held-out set) -> host (features (n, T, C)
         float32, mask (n, T) bool), computed once on the mesh with replicated inputs."""
-        import jax  # noqa: PLC0415
-
         ids, mask = self.tokenize(captions)
         put = lambda a: jax.make_array_from_callback(a.shape, self.replicated, lambda idx: a[idx])
         feats, m = self._forward_replicated(self.state, put(ids), put(mask))

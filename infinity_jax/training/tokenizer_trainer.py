@@ -22,6 +22,7 @@ are written under their official names to ``WORKDIR/tokenizer.safetensors`` with
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -36,7 +37,19 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from infinity_jax.data.bucketing import Bucket
+from infinity_jax.data.pipeline import DataPipeline
+from infinity_jax.data.records import decode_image, resize_center_crop
+from infinity_jax.sampling.pipeline import to_uint8
+from infinity_jax.schedules import normalize_schedule
+from infinity_jax.sharding import make_mesh
+from infinity_jax.tokenizer import BSQVAE, VAEConfig, init
+from infinity_jax.tokenizer.convert import to_official
+from infinity_jax.tokenizer.vae import ResnetBlock
 from infinity_jax.training import tokenizer_losses as TL
+from infinity_jax.training.checkpoint import Checkpointer
+from infinity_jax.training.metrics import MetricsLogger
+from infinity_jax.training.trainer import build_source
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +62,6 @@ class TokenizerConfigError(ValueError):
 
 
 def vae_config(config):
-    from infinity_jax.tokenizer import VAEConfig  # noqa: PLC0415
-
     t = config.model
     try:
         return VAEConfig(codebook_dim=int(t.codebook_dim), base_ch=int(t.base_ch), ch_mult=tuple(t.ch_mult),
@@ -63,8 +74,6 @@ def vae_config(config):
 def latent_schedule(config) -> tuple[tuple[int, int, int], ...]:
     """The tokenizer's own latent grids ``config.schedule`` as ``(1, h, w)`` (for a transformer
     schedule they are ``schedules.tokenizer_schedule(scales, patchify)``)."""
-    from infinity_jax.schedules import normalize_schedule  # noqa: PLC0415
-
     if not config.schedule:
         raise TokenizerConfigError("config.schedule (the latent grids, e.g. ((1, 1), (2, 2), (4, 4), (8, 8))) is required")
     return tuple(normalize_schedule(tuple(tuple(s) for s in config.schedule)))
@@ -88,9 +97,6 @@ class TokenizerTrainer:
     """Builds everything from a config (see ``configs/tokenizer.py``); :meth:`train` runs the loop."""
 
     def __init__(self, config, workdir: str | None = None, *, mesh=None):
-        from infinity_jax.sharding import make_mesh  # noqa: PLC0415
-        from infinity_jax.tokenizer import BSQVAE  # noqa: PLC0415
-
         self.config = c = config
         self.workdir = workdir
         self.vcfg = vae_config(c)
@@ -150,8 +156,6 @@ class TokenizerTrainer:
     def _abs_state(self):
         """A fresh abstract ``nnx.State`` of the parameters (to fill with a pure dict)."""
         if getattr(self, "_abs_state_cache", None) is None:
-            from infinity_jax.tokenizer import BSQVAE  # noqa: PLC0415
-
             self._abs_state_cache = nnx.split(nnx.eval_shape(lambda: BSQVAE(self.vcfg, rngs=nnx.Rngs(0))), nnx.Param)[1]
         return jax.tree.map(lambda v: v, self._abs_state_cache)
 
@@ -160,12 +164,8 @@ class TokenizerTrainer:
         last conv of every ResnetBlock is zeroed (blocks start as identities: much faster early
         training); the encoder's output layer is rescaled so that the latent has RMS
         ``init.feature_rms`` on a first batch (0: off)."""
-        from infinity_jax.tokenizer import init  # noqa: PLC0415
-
         model = init(self.vcfg, int(self.config.seed))
         if bool(self.config.init.get("zero_init_residual", False)):
-            from infinity_jax.tokenizer.vae import ResnetBlock  # noqa: PLC0415
-
             for _, mod in nnx.iter_modules(model):
                 if isinstance(mod, ResnetBlock):  # each block starts as the identity (its skip path)
                     mod.conv2.kernel.set_value(jnp.zeros_like(mod.conv2.kernel.get_value()))
@@ -184,7 +184,6 @@ class TokenizerTrainer:
     def _probe_images(self, n: int) -> np.ndarray:
         src = self.build_source()
         H, W = self.image_hw
-        from infinity_jax.data.records import decode_image, resize_center_crop  # noqa: PLC0415
 
         return np.stack([resize_center_crop(decode_image(src[i]["image"]), H, W) for i in range(min(n, len(src)))])
 
@@ -218,14 +217,9 @@ class TokenizerTrainer:
 
     # ------------------------------------------------------------------------------- data --
     def build_source(self):
-        from infinity_jax.training.trainer import build_source  # noqa: PLC0415
-
         return build_source(self.config)
 
     def build_pipeline(self):
-        from infinity_jax.data.bucketing import Bucket  # noqa: PLC0415
-        from infinity_jax.data.pipeline import DataPipeline  # noqa: PLC0415
-
         d = self.config.data
         bucket = Bucket(self.image_hw[0] / self.image_hw[1], self.schedule, self.image_hw)
         return DataPipeline(self.build_source(), [bucket], global_batch=self.global_batch,
@@ -347,7 +341,6 @@ class TokenizerTrainer:
                 return model(x, sched)
 
             self._recon_fn = jax.jit(rec)
-        from infinity_jax.sampling.pipeline import to_uint8  # noqa: PLC0415
 
         out = []
         for i in range(0, len(images), batch):
@@ -364,8 +357,6 @@ class TokenizerTrainer:
         if not int(e.num_images):
             return None
         if e.factory:
-            import importlib  # noqa: PLC0415
-
             mod, _, fn = str(e.factory).partition(":")
             imgs = getattr(importlib.import_module(mod), fn)(**dict(e.factory_kwargs))
             return np.asarray(imgs[: int(e.num_images)], np.uint8)
@@ -374,9 +365,6 @@ class TokenizerTrainer:
     # ------------------------------------------------------------------------------- loop --
     def train(self) -> dict:
         """Run (or resume) to ``config.total_steps``; export the weights; return the last metrics."""
-        from infinity_jax.training.checkpoint import Checkpointer  # noqa: PLC0415
-        from infinity_jax.training.metrics import MetricsLogger  # noqa: PLC0415
-
         c = self.config
         primary = jax.process_index() == 0
         ckpt = None
@@ -465,8 +453,6 @@ class TokenizerTrainer:
     def export(self, directory: str | os.PathLike, state: dict | None = None) -> pathlib.Path:
         """Write ``tokenizer.safetensors`` (official names, OIHW) and ``tokenizer_config.json``."""
         from safetensors.numpy import save_file  # noqa: PLC0415
-
-        from infinity_jax.tokenizer.convert import to_official  # noqa: PLC0415
 
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

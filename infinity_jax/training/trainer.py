@@ -16,6 +16,7 @@ lowered and compiled before the loop (memory analysis printed). The batch is spl
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -27,17 +28,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from infinity_jax import state_dict
+from infinity_jax.data.arrayrecord import ArrayRecordSource
 from infinity_jax.data.bucketing import Bucket, make_buckets
+from infinity_jax.data.pipeline import DataPipeline
+from infinity_jax.data.synthetic import SyntheticSource
+from infinity_jax.data.tfds_source import TFDSSource
 from infinity_jax.sharding import make_mesh
+from infinity_jax.tokenizer import Encoder, VAEConfig, convert as vae_convert
 from infinity_jax.training import state as st
+from infinity_jax.training.checkpoint import Checkpointer, restore_params
 from infinity_jax.training.metrics import MetricsLogger, peak_tflops, scalar_metrics
-from infinity_jax.training.preemption import StopSignals
-from infinity_jax.training.workdir_lock import WorkdirLock
 from infinity_jax.training.optimizer import learning_rate_schedule, make_optimizer, peak_learning_rate
+from infinity_jax.training.preemption import StopSignals
 from infinity_jax.training.step import apply_update, loss_and_grads
+from infinity_jax.training.text_features import OnlineT5, PrecomputedText, RandomText
+from infinity_jax.training.workdir_lock import WorkdirLock
+from infinity_jax.transformer import convert
 from infinity_jax.transformer.config import SIZE_NAMES, InfinityConfig, size_config
 from infinity_jax.transformer.flops import train_flops
 from infinity_jax.transformer.model import Infinity
@@ -109,8 +119,6 @@ def model_config(config) -> InfinityConfig:
 
 
 def vae_config(config, mcfg: InfinityConfig):
-    from infinity_jax.tokenizer import VAEConfig  # noqa: PLC0415
-
     t = config.tokenizer
     try:
         return VAEConfig(codebook_dim=mcfg.codebook_dim, base_ch=int(t.base_ch), ch_mult=tuple(t.ch_mult),
@@ -155,23 +163,16 @@ def build_source(config, workdir: str | None = None):
     """The random-access source named by ``config.data``."""
     d = config.data
     if d.source == "arrayrecord":
-        from infinity_jax.data.arrayrecord import ArrayRecordSource  # noqa: PLC0415
-
         return ArrayRecordSource(d.path)
     if d.source == "tfds":
-        from infinity_jax.data.tfds_source import TFDSSource  # noqa: PLC0415
-
         t = d.tfds
         return TFDSSource(t.name, split=t.split, data_dir=t.data_dir or None, image_key=t.image_key,
                           caption_key=t.caption_key or None)
     if d.source == "synthetic":
-        from infinity_jax.data.synthetic import SyntheticSource  # noqa: PLC0415
-
         s = d.synthetic
         return SyntheticSource(int(s.num_records), sizes=tuple(tuple(x) for x in s.sizes), seed=int(s.seed),
                                corrupt=tuple(s.get("corrupt", ())))
     # factory: "module:callable" returning a source, e.g. the demo's shapes source
-    import importlib  # noqa: PLC0415
 
     mod, _, fn = str(d.factory).partition(":")
     if not mod or not fn:
@@ -295,7 +296,6 @@ class Trainer:
             raise ConfigError(f"text.max_len {self.text_len} exceeds the model's text_maxlen {self.mcfg.text_maxlen}")
         seed = int(c.seed)
         self._model_factory = lambda: Infinity(self.mcfg, rngs=nnx.Rngs(seed))
-        from infinity_jax.tokenizer import Encoder  # noqa: PLC0415
 
         self._vae_factory = lambda: Encoder(self.vcfg, rngs=nnx.Rngs(seed + 1))
         self.md = st.split_model(self._model_factory, self.mesh)
@@ -328,8 +328,6 @@ class Trainer:
         return True if self.config.get("trust_pickle", False) else None
 
     def _vae_config_from_checkpoint(self):
-        from infinity_jax.tokenizer import convert  # noqa: PLC0415
-
         path = self.config.tokenizer.checkpoint
         if not os.path.exists(path):
             raise ConfigError(f"tokenizer checkpoint {path} does not exist")
@@ -337,7 +335,7 @@ class Trainer:
             self._vae_state_dict = state_dict.load_state_dict(path, trust_pickle=self._trust_pickle())
         except ValueError as e:  # refused pickle, damaged file
             raise ConfigError(f"tokenizer.checkpoint: {e}") from None
-        vcfg = convert.infer_config(self._vae_state_dict)
+        vcfg = vae_convert.infer_config(self._vae_state_dict)
         vcfg = dataclasses.replace(vcfg, dtype=str(self.config.tokenizer.dtype),
                                    apply_spatial_patchify=self.mcfg.apply_spatial_patchify)
         if vcfg.codebook_dim != self.mcfg.codebook_dim:
@@ -349,10 +347,8 @@ class Trainer:
         if self.vae_params is not None:
             return self.vae_params
         if self.config.tokenizer.checkpoint:
-            from infinity_jax.tokenizer import convert  # noqa: PLC0415
-
             with jax.default_device(jax.local_devices(backend="cpu")[0]):
-                vae = convert.from_official(self._vae_state_dict, self.vcfg)
+                vae = vae_convert.from_official(self._vae_state_dict, self.vcfg)
                 host = st.state_to_tree(nnx.split(vae.encoder, nnx.Param, ...)[1])
             self.vae_params = st.place_params(self.vae_md, host)
             del self._vae_state_dict
@@ -367,8 +363,6 @@ class Trainer:
         initialisation); always placed directly in their shardings."""
         i = self.config.init
         if i.official:
-            from infinity_jax.transformer import convert  # noqa: PLC0415
-
             if not os.path.exists(i.official):
                 raise ConfigError(f"init.official checkpoint {i.official} does not exist")
             try:  # tensors only unless trusted; a lazy view, read tensor by tensor
@@ -383,8 +377,6 @@ class Trainer:
             return jax.tree.map(lambda a, s: a if a.sharding == s else jax.device_put(a, s), params,
                                 self.md.shardings)
         if i.checkpoint:
-            from infinity_jax.training.checkpoint import restore_params  # noqa: PLC0415
-
             log.info("initialised from the parameters of %s", i.checkpoint)
             return restore_params(i.checkpoint, self.md.abstract_params())
         return st.init_params(self.md, self._model_factory)
@@ -404,16 +396,10 @@ class Trainer:
         t = self.config.text
         C = self.mcfg.text_channels
         if t.source == "random":
-            from infinity_jax.training.text_features import RandomText  # noqa: PLC0415
-
             return RandomText(C, self.text_len)
         if t.source == "precomputed":
-            from infinity_jax.training.text_features import PrecomputedText  # noqa: PLC0415
-
             return PrecomputedText(C, t.features or None)
         if self.online_t5 is None:
-            from infinity_jax.training.text_features import OnlineT5  # noqa: PLC0415
-
             if not os.path.isdir(t.t5_path):
                 raise ConfigError(f"text.t5_path {t.t5_path} is not a folder")
             self.online_t5 = OnlineT5(t.t5_path, self.text_len, t.dtype, mesh=self.mesh, batch_axes=self.batch_axes)
@@ -423,8 +409,6 @@ class Trainer:
         return None
 
     def build_pipeline(self):
-        from infinity_jax.data.pipeline import DataPipeline  # noqa: PLC0415
-
         d = self.config.data
         source = build_source(self.config, self.workdir)
         text_fn = self.text_fn()
@@ -544,7 +528,8 @@ class Trainer:
     def step_report_text(self, bucket_id: int) -> str:
         """The compile report of the step for ``bucket_id`` (:func:`infinity_jax.tools.aot.train_report`):
         per-device memory against the chip's HBM, FLOPs, collectives, roofline estimate."""
-        from infinity_jax.tools import aot  # noqa: PLC0415 - the report pulls in the HLO parser
+        # deferred: tools.aot (a command) imports this module (cycle trainer -> tools.aot -> trainer)
+        from infinity_jax.tools import aot  # noqa: PLC0415
 
         try:
             return aot.format_train_report(aot.train_report(self, bucket_id, self.compiled_step(bucket_id)))
@@ -614,8 +599,6 @@ class Trainer:
         primary = jax.process_index() == 0
         ckpt = None
         if self.workdir:
-            from infinity_jax.training.checkpoint import Checkpointer  # noqa: PLC0415
-
             ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep=int(c.checkpoint.keep),
                                 async_save=bool(c.checkpoint.async_save))
         if c.debug.get("memory_check", True):
@@ -667,8 +650,6 @@ class Trainer:
             dt = max(now - t_prev, 1e-9)
             t_prev = now
             if jax.process_count() > 1:
-                from jax.experimental import multihost_utils  # noqa: PLC0415
-
                 skipped = int(np.sum(multihost_utils.process_allgather(np.asarray(skipped, np.int64))))
             skipped_total += skipped
             trained = bucket.scales[: self.training_scale_count(bucket.scales)]

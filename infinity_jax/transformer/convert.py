@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infinity_jax.state_dict import CheckpointMismatchError, check_keys, check_values, load_state_dict
+from infinity_jax.sharding import state_shardings
+from infinity_jax.state_dict import CheckpointMismatchError, check_keys, check_values, load_state_dict, open_state_dict
 from infinity_jax.transformer.config import InfinityConfig
 from infinity_jax.transformer.model import Infinity
 
@@ -228,9 +229,6 @@ def load(path_or_state, cfg: InfinityConfig, *, dtype=jnp.float32, mesh=None, la
     The model is created abstractly (no random init); with ``mesh`` every parameter goes
     straight into its NamedSharding from the logical-axis rules.
     """
-    from infinity_jax.sharding import state_shardings  # noqa: PLC0415
-    from infinity_jax.state_dict import open_state_dict  # noqa: PLC0415
-
     if not isinstance(path_or_state, Mapping):
         path_or_state = open_state_dict(path_or_state) if lazy else load_state_dict(path_or_state)
     model = nnx.eval_shape(lambda: Infinity(cfg, rngs=nnx.Rngs(0)))  # ShapeDtypeStruct leaves
