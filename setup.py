@@ -44,7 +44,7 @@ setup(
             "infinity-train = infinity_jax.train:run",
             "infinity-train-tokenizer = infinity_jax.train_tokenizer:run",
             "infinity-convert = infinity_jax.convert:run",
-            "infinity-demo = infinity_jax.demo:run",
+            "infinity-demo = infinity_jax.demo:cli",
             "infinity-scaling = infinity_jax.scaling.__main__:run",
             "infinity-aot = infinity_jax.tools.aot:cli",
             "infinity-run-fixture = infinity_jax.tools.run_fixture:main",

@@ -381,6 +381,11 @@ def _flags_parser(args):
     return flags.FLAGS(other) + cfg_args
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``infinity-demo`` command (same as ``python -m infinity_jax.demo``)."""
     _define_flags()
     app.run(main, flags_parser=_flags_parser)
+
+
+if __name__ == "__main__":
+    cli()

@@ -86,5 +86,10 @@ def main(argv) -> None:
           f"analyse with: python -m infinity_jax.scaling analyze --workdir {workdir}", flush=True)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``infinity-scaling`` command (same as ``python -m infinity_jax.scaling``)."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -39,22 +39,20 @@ from infinity_jax import train as train_cli
 from infinity_jax.data.bucketing import make_buckets
 from infinity_jax.sampling.sampler import Sampler
 from infinity_jax.schedules import tokenizer_schedule
-from infinity_jax.sharding import indivisible_params, make_mesh
-from infinity_jax.tools.hlo_stats import COLLECTIVES, hlo_stats
+from infinity_jax.sharding import make_mesh
 from infinity_jax.tools.tpu import ChipSpec, TopologyError, chip_for_device_kind, parse_topology, topology_devices
+from infinity_jax.training.compile_report import (GIB, attention_label, fmt_bytes, format_train_report,
+                                                  program_stats, roofline, shard_bytes, train_report)
 from infinity_jax.training.trainer import ConfigError, Trainer, model_config, vae_config
 from infinity_jax.transformer.attention import resolve as resolve_attention
-from infinity_jax.transformer.flops import self_attention_flops, train_flops
 from infinity_jax.transformer.model import Infinity
 
 log = logging.getLogger(__name__)
 
 #: Official sampling time of Infinity-2B, one 1024x1024 image on an H100 (paper, README).
 OFFICIAL_H100_SECONDS_PER_IMAGE = 0.8
-GIB = 2 ** 30
 
 
-# ------------------------------------------------------------------------------------ helpers
 def compile_config(config, *, batch: int | None = None, attention_impl: str | None = None,
                    platform: str = "tpu"):
     """A copy of ``config`` with its host-only inputs neutralised (see the module docstring) and
@@ -71,92 +69,6 @@ def compile_config(config, *, batch: int | None = None, attention_impl: str | No
             c.model.attention_impl = attention_impl
         c.model.attention_impl = resolve_attention(str(c.model.attention_impl), platform)
     return c
-
-
-def _cost(compiled) -> dict:
-    try:
-        ca = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        return {}
-    if isinstance(ca, (list, tuple)):
-        ca = ca[0] if ca else {}
-    return dict(ca or {})
-
-
-def _memory(compiled) -> dict:
-    m = compiled.memory_analysis()
-    out = {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
-           "aliased": int(m.alias_size_in_bytes), "temporaries": int(m.temp_size_in_bytes),
-           "code": int(m.generated_code_size_in_bytes)}
-    out["total"] = out["arguments"] + out["temporaries"] + out["outputs"] - out["aliased"] + out["code"]
-    return out
-
-
-def _shard_bytes(tree) -> int:
-    """Bytes one device holds of a tree of ShapeDtypeStructs with shardings (the largest shard)."""
-    total = 0
-    for a in jax.tree.leaves(tree):
-        shape = a.sharding.shard_shape(a.shape) if getattr(a, "sharding", None) is not None else a.shape
-        total += int(np.prod(shape)) * jnp.dtype(a.dtype).itemsize
-    return total
-
-
-def roofline(flops: float, hbm_bytes: float, ici_bytes: float, chip: ChipSpec | None) -> dict | None:
-    """Lower-bound time (an estimate, not a measurement): the slowest of compute at the bf16 peak,
-    HBM traffic at the HBM bandwidth and collective traffic at the ICI bandwidth."""
-    if chip is None:
-        return None
-    t = {"compute_s": flops / (chip.peak_tflops * 1e12), "hbm_s": hbm_bytes / (chip.hbm_gbps * 1e9),
-         "ici_s": ici_bytes / (chip.ici_gbitps * 1e9 / 8)}
-    t["time_s"] = max(t.values())
-    t["bound"] = max(("compute_s", "hbm_s", "ici_s"), key=t.get)[:-2]
-    return t
-
-
-def _program_stats(compiled) -> dict:
-    hs = hlo_stats(compiled.as_text())
-    ca = _cost(compiled)
-    return {"memory": _memory(compiled), "hlo": hs,
-            "flops": {"hlo_matmul": hs.matmul_flops, "xla_cost_analysis": float(ca.get("flops", 0.0))},
-            "hbm_traffic_bytes": hs.hbm_bytes, "ici_bytes": hs.ici_bytes}
-
-
-# ------------------------------------------------------------------------------------ train step
-def train_report(trainer, bucket_id: int, compiled, *, chip: ChipSpec | None = None,
-                 hbm_gib: float | None = None, compile_seconds: float | None = None) -> dict:
-    """The per-chip report of a compiled train step (``Trainer.jitted_step(bucket_id)``, compiled)."""
-    device = trainer.mesh.devices.flat[0]
-    chip = chip or chip_for_device_kind(device.device_kind)
-    hbm = hbm_gib * GIB if hbm_gib else (chip.hbm_bytes if chip else None)
-    bucket = trainer.buckets[bucket_id]
-    n = trainer.mesh.size
-    ps = _program_stats(compiled)
-    abstract = trainer.abstract_state()
-    state = {k: _shard_bytes(v) for k, v in abstract.items() if k != "step"}
-    per_chip = trainer.global_batch / n
-    model_flops = train_flops(trainer.mcfg, bucket.scales, trainer.text_len) * per_chip
-    backend = resolve_attention(trainer.mcfg.attention_impl)
-    # a Pallas kernel's FLOPs are invisible to the HLO count: the self-attention forward, again
-    # under remat, and its backward (2x), from the analytic count
-    passes = (4 if trainer.mcfg.remat else 3) if backend == "splash" else 0
-    kernel = passes * self_attention_flops(trainer.mcfg, bucket.scales) * per_chip
-    ps["flops"]["pallas_kernels_analytic"] = kernel
-    rl = roofline(ps["flops"]["hlo_matmul"] + kernel, ps["hbm_traffic_bytes"], ps["ici_bytes"], chip)
-    if rl:
-        rl["mfu"] = model_flops / rl["time_s"] / (chip.peak_tflops * 1e12) if rl["time_s"] else None
-    return {
-        "program": "train_step", "size": str(trainer.config.size), "pn": str(trainer.config.pn),
-        "attention_impl": trainer.mcfg.attention_impl,
-        "attention_backend": backend, "dtype": trainer.mcfg.dtype,
-        "template": bucket.h_div_w, "tokens": bucket.seq_len, "pixels": list(bucket.pixel),
-        "global_batch": trainer.global_batch, "mesh": {k: int(v) for k, v in trainer.mesh.shape.items()},
-        "chips": n, "device_kind": device.device_kind, "chip": chip.name if chip else None, "hbm_bytes": hbm,
-        "state_bytes": state, "memory": ps["memory"], "fits": (ps["memory"]["total"] <= hbm) if hbm else None,
-        "flops": {**ps["flops"], "model": model_flops}, "hbm_traffic_bytes": ps["hbm_traffic_bytes"],
-        "ici_bytes": ps["ici_bytes"], "collectives": ps["hlo"].collectives, "loops": ps["hlo"].loops,
-        "roofline": rl, "indivisible_params": indivisible_params(trainer.md.abstract, trainer.mesh),
-        "compile_seconds": compile_seconds,
-    }
 
 
 def compile_train(config, devices, *, chip: ChipSpec | None = None, hbm_gib: float | None = None) -> dict:
@@ -220,7 +132,7 @@ def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: 
     for k, fn in enumerate(steps):
         rb = sds((batch, vs[k][1], vs[k][2], mcfg.codebook_dim), jnp.int32)
         args = (state, caches, x, tc, f32, f32, rule, keys, sds((), jnp.bool_), rb, summed)
-        ps = _program_stats(fn.lower(*args).compile())
+        ps = program_stats(fn.lower(*args).compile())
         rl = roofline(ps["flops"]["hlo_matmul"], ps["hbm_traffic_bytes"], ps["ici_bytes"], chip)
         per_scale.append({"scale": k, "grid": list(scales[k][1:]), "memory": ps["memory"], "flops": ps["flops"],
                           "hbm_traffic_bytes": ps["hbm_traffic_bytes"], "roofline": rl})
@@ -235,7 +147,7 @@ def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: 
         "dtype": mcfg.dtype, "batch": batch, "guidance": use_cfg, "template": h_div_w, "tokens": L,
         "scales": len(scales),
         "chips": 1, "device_kind": device.device_kind, "chip": chip.name if chip else None, "hbm_bytes": hbm,
-        "param_bytes": _shard_bytes(state), "kv_cache_bytes": _shard_bytes(caches),
+        "param_bytes": shard_bytes(state), "kv_cache_bytes": shard_bytes(caches),
         "peak_bytes": peak, "fits": (peak <= hbm) if hbm else None, "per_scale": per_scale,
         "estimate_seconds_per_image": est / batch if est is not None else None,
         "official_h100_seconds_per_image": OFFICIAL_H100_SECONDS_PER_IMAGE,
@@ -244,63 +156,15 @@ def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: 
 
 
 # ------------------------------------------------------------------------------------ text
-def _g(b) -> str:
-    return f"{b / GIB:.2f} GiB" if abs(b) >= GIB / 10 else f"{b / 2 ** 20:.1f} MiB"
-
-
-def _attn(r: dict) -> str:
-    impl, backend = r["attention_impl"], r.get("attention_backend", r["attention_impl"])
-    return impl if impl == backend else f"{impl} -> {backend}"
-
-
-def format_train_report(r: dict) -> str:
-    m, s, f = r["memory"], r["state_bytes"], r["flops"]
-    hbm = f"{_g(r['hbm_bytes'])} ({r['chip']})" if r["hbm_bytes"] else "unknown HBM"
-    fit = {True: "fits", False: "DOES NOT FIT", None: "fit unknown"}[r["fits"]]
-    lines = [
-        f"train step, Infinity-{r['size']} pn={r['pn']} (template h/w {r['template']}, {r['tokens']} tokens, "
-        f"{r['pixels'][0]}x{r['pixels'][1]} px), global batch {r['global_batch']}, attention {_attn(r)}, "
-        f"{r['dtype']}; mesh {r['mesh']} on {r['chips']} x {r['device_kind']}",
-        f"  per chip: parameters {_g(s.get('params', 0))} + optimizer {_g(s.get('opt_state', 0))}"
-        + (f" + EMA {_g(s['ema'])}" if "ema" in s else "")
-        + f"; arguments {_g(m['arguments'])}, temporaries {_g(m['temporaries'])}, "
-        f"outputs not aliased {_g(m['outputs'] - m['aliased'])}, code {_g(m['code'])}",
-        f"  per chip total {_g(m['total'])} of {hbm}: {fit}",
-        f"  FLOPs per chip and step: {f['hlo_matmul']:.4g} (HLO matmuls, loops x trip count)"
-        + (f" + {f['pallas_kernels_analytic']:.4g} (Pallas attention kernels, analytic)"
-           if f.get("pallas_kernels_analytic") else "")
-        + f", {f['xla_cost_analysis']:.4g} (XLA cost analysis, loop bodies once), {f['model']:.4g} (model, analytic)",
-        "  collectives per chip and step: " + format_collectives(r["collectives"]),
-    ]
-    rl = r["roofline"]
-    if rl:
-        mfu = f"{100 * rl['mfu']:.1f} %" if rl.get("mfu") is not None else "n/a"
-        lines.append(f"  roofline ESTIMATE (not a measurement): {rl['time_s'] * 1e3:.3g} ms per step "
-                     f"({rl['bound']} bound; compute {rl['compute_s'] * 1e3:.3g} ms, HBM {rl['hbm_s'] * 1e3:.3g} ms, "
-                     f"ICI {rl['ici_s'] * 1e3:.3g} ms), MFU <= {mfu}")
-    for d in r["indivisible_params"]:
-        lines.append(f"  replicated (not divisible): {d['param']} {tuple(d['shape'])} dim {d['dim']} "
-                     f"({d['logical']!r} on {'x'.join(d['mesh_axes'])}={d['mesh_size']})")
-    if r.get("compile_seconds") is not None:
-        lines.append(f"  compiled in {r['compile_seconds']:.1f} s")
-    return "\n".join(lines)
-
-
-def format_collectives(c: dict) -> str:
-    parts = [f"{k} {v['count']} in HLO / {v['executed']:.0f} run, {v['bytes'] / 2 ** 20:.1f} MiB"
-             for k, v in c.items() if v["count"]]
-    return "; ".join(parts) if parts else "none"
-
-
 def format_sampler_report(r: dict) -> str:
-    hbm = f"{_g(r['hbm_bytes'])} ({r['chip']})" if r["hbm_bytes"] else "unknown HBM"
+    hbm = f"{fmt_bytes(r['hbm_bytes'])} ({r['chip']})" if r["hbm_bytes"] else "unknown HBM"
     fit = {True: "fits", False: "DOES NOT FIT", None: "fit unknown"}[r["fits"]]
     worst = max(r["per_scale"], key=lambda p: p["memory"]["total"])
     lines = [
         f"sampler, Infinity-{r['size']} pn={r['pn']} ({r['scales']} scales, {r['tokens']} tokens), batch {r['batch']}"
-        f"{' + guidance' if r['guidance'] else ''}, {r['dtype']}, attention {_attn(r)}; one {r['device_kind']}",
-        f"  parameters {_g(r['param_bytes'])}, KV cache {_g(r['kv_cache_bytes'])}; peak per scale program "
-        f"(arguments + temporaries + outputs + code) {_g(r['peak_bytes'])} at scale {worst['scale']} "
+        f"{' + guidance' if r['guidance'] else ''}, {r['dtype']}, attention {attention_label(r)}; one {r['device_kind']}",
+        f"  parameters {fmt_bytes(r['param_bytes'])}, KV cache {fmt_bytes(r['kv_cache_bytes'])}; peak per scale program "
+        f"(arguments + temporaries + outputs + code) {fmt_bytes(r['peak_bytes'])} at scale {worst['scale']} "
         f"{worst['grid'][0]}x{worst['grid'][1]}, of {hbm}: {fit}",
     ]
     if r["estimate_seconds_per_image"] is not None:
@@ -383,8 +247,8 @@ def main(argv, config_flag, f: dict) -> None:
     if not report["fits"]:
         what = [p for p in ("train", "sampler") if p in report and report[p]["fits"] is False]
         need = {p: report[p]["memory"]["total"] if p == "train" else report[p]["peak_bytes"] for p in what}
-        print("error: does not fit: " + ", ".join(f"{p} needs {_g(need[p])} per chip" for p in what)
-              + f"; the chip has {_g(report[what[0]]['hbm_bytes'])}", file=sys.stderr)
+        print("error: does not fit: " + ", ".join(f"{p} needs {fmt_bytes(need[p])} per chip" for p in what)
+              + f"; the chip has {fmt_bytes(report[what[0]]['hbm_bytes'])}", file=sys.stderr)
         sys.exit(3)
 
 

@@ -39,7 +39,7 @@ from infinity_jax.data.synthetic import SyntheticSource
 from infinity_jax.data.tfds_source import TFDSSource
 from infinity_jax.sharding import make_mesh
 from infinity_jax.tokenizer import Encoder, VAEConfig, convert as vae_convert
-from infinity_jax.training import state as st
+from infinity_jax.training import compile_report, state as st
 from infinity_jax.training.checkpoint import Checkpointer, restore_params
 from infinity_jax.training.metrics import MetricsLogger, peak_tflops, scalar_metrics
 from infinity_jax.training.optimizer import learning_rate_schedule, make_optimizer, peak_learning_rate
@@ -526,13 +526,11 @@ class Trainer:
         return compiled
 
     def step_report_text(self, bucket_id: int) -> str:
-        """The compile report of the step for ``bucket_id`` (:func:`infinity_jax.tools.aot.train_report`):
+        """The compile report of the step for ``bucket_id`` (:func:`compile_report.train_report`):
         per-device memory against the chip's HBM, FLOPs, collectives, roofline estimate."""
-        # deferred: tools.aot (a command) imports this module (cycle trainer -> tools.aot -> trainer)
-        from infinity_jax.tools import aot  # noqa: PLC0415
-
         try:
-            return aot.format_train_report(aot.train_report(self, bucket_id, self.compiled_step(bucket_id)))
+            return compile_report.format_train_report(
+                compile_report.train_report(self, bucket_id, self.compiled_step(bucket_id)))
         except Exception as e:  # noqa: BLE001 - a report must never stop a run
             log.warning("no compile report: %s: %s", type(e).__name__, e)
             return f"compile report unavailable ({type(e).__name__})"
