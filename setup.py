@@ -32,7 +32,7 @@ setup(
     ],
     extras_require={
         "torch": ["torch>=2.5"],
-        "test": ["pytest>=8", "torch>=2.5", "transformers>=4.40", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "torch>=2.5", "transformers>=4.40", "nbclient", "nbformat", "ipykernel"],
         # libtpu for ahead-of-time compilation for TPU topologies (infinity_jax.tools.aot) on any
         # machine; pinned to the jax version it was built with (pip resolves libtpu 0.0.42.1)
         "tpu": ["jax[tpu]==0.10.2"],
