@@ -323,18 +323,19 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(f"bad mesh {dict(self.config.mesh)} for {jax.device_count()} devices: {e}") from e
 
-    def _trust_pickle(self) -> bool | None:
-        """``config.trust_pickle`` (True: unpickle any object in .pth files; else only tensors)."""
-        return True if self.config.get("trust_pickle", False) else None
+    def _read_weights(self, read, path: str, key: str):
+        """``read(path)`` (a state_dict reader) with tensors only unless ``config.trust_pickle``; a
+        refused pickle or a damaged file is a ConfigError naming the config ``key``."""
+        try:
+            return read(path, trust_pickle=True if self.config.get("trust_pickle", False) else None)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
 
     def _vae_config_from_checkpoint(self):
         path = self.config.tokenizer.checkpoint
         if not os.path.exists(path):
             raise ConfigError(f"tokenizer checkpoint {path} does not exist")
-        try:
-            self._vae_state_dict = state_dict.load_state_dict(path, trust_pickle=self._trust_pickle())
-        except ValueError as e:  # refused pickle, damaged file
-            raise ConfigError(f"tokenizer.checkpoint: {e}") from None
+        self._vae_state_dict = self._read_weights(state_dict.load_state_dict, path, "tokenizer.checkpoint")
         vcfg = vae_convert.infer_config(self._vae_state_dict)
         vcfg = dataclasses.replace(vcfg, dtype=str(self.config.tokenizer.dtype),
                                    apply_spatial_patchify=self.mcfg.apply_spatial_patchify)
@@ -365,10 +366,8 @@ class Trainer:
         if i.official:
             if not os.path.exists(i.official):
                 raise ConfigError(f"init.official checkpoint {i.official} does not exist")
-            try:  # tensors only unless trusted; a lazy view, read tensor by tensor
-                official = state_dict.open_state_dict(i.official, trust_pickle=self._trust_pickle())
-            except ValueError as e:  # refused pickle, damaged file
-                raise ConfigError(f"init.official: {e}") from None
+            # a lazy view, read tensor by tensor
+            official = self._read_weights(state_dict.open_state_dict, i.official, "init.official")
             # placed straight into the mesh's shardings: each process reads only what its devices
             # hold, never the whole checkpoint
             model = convert.load(official, self.mcfg, mesh=self.mesh)
