@@ -85,7 +85,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         # give bag-of-words features: "a red circle and a blue square" ~ "a blue circle and a red
         # square", so the model cannot tell which colour goes where (binding 0.29 without, 0.90 with).
         max_len=16,  # tokens per caption in training, EOS included (the longest caption has ~14)
-        # masked-token denoising of the encoder on the training captions (infinity_jax.text.pretrain)
+        # masked-token denoising of the encoder on the training captions (infinity_jax.training.text_pretrain)
         # keep_weight: the unmasked tokens are reconstructed too, else their features need not keep
         # their own word (per-token cosine of "red" vs "blue" in context: 0.98 without, 0.14 with;
         # held-out overall 0.67 -> 0.90, binding 0.90 -> 0.98, position 0.21 -> 0.44).

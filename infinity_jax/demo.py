@@ -10,7 +10,7 @@ Stages (each one resumes if the run is interrupted; a finished stage is skipped)
    measured on true renders of the held-out prompts;
 2. ``text``: a SentencePiece model trained on the training captions and a tiny T5 encoder
    (with learned absolute positions) trained on them by masked-token denoising
-   (:mod:`infinity_jax.text.pretrain`; no pretrained weights exist here), then frozen as
+   (:mod:`infinity_jax.training.text_pretrain`; no pretrained weights exist here), then frozen as
    Infinity's Flan-T5 is;
 3. ``infinity``: a tiny Infinity trained by the main trainer with Bitwise Self-Correction on the
    shapes captions, then written as an inference bundle (``python -m infinity_jax.generate --ckpt
@@ -51,7 +51,7 @@ from infinity_jax.eval import prefix_replay as PR
 from infinity_jax.eval import shapes_eval as E
 from infinity_jax.eval.shapes_eval import render_heldout
 from infinity_jax.sampling.pipeline import Pipeline, strip
-from infinity_jax.text.pretrain import pretrain_encoder
+from infinity_jax.training.text_pretrain import pretrain_encoder
 from infinity_jax.text.t5 import T5Config
 from infinity_jax.text.tokenize import T5Tokenizer
 from infinity_jax.text.train_tokenizer import build_tiny_t5, train_sentencepiece

@@ -49,7 +49,8 @@ def main(argv) -> None:
     from infinity_jax.schedules import ScheduleError  # noqa: PLC0415
     from infinity_jax.state_dict import CheckpointMismatchError, CheckpointValueError  # noqa: PLC0415
     from infinity_jax.training.checkpoint import CheckpointWriteError, NoGoodCheckpointError  # noqa: PLC0415
-    from infinity_jax.training.trainer import ConfigError, DivergedError, Trainer  # noqa: PLC0415
+    from infinity_jax.training.loop import DivergedError  # noqa: PLC0415
+    from infinity_jax.training.trainer import ConfigError, Trainer  # noqa: PLC0415
     from infinity_jax.training.workdir_lock import WorkdirLockedError  # noqa: PLC0415
 
     config = _CONFIG.value

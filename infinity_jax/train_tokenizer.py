@@ -8,7 +8,7 @@ r"""Train a BSQ-VAE tokenizer (the official Infinity repository does not ship th
 Losses: reconstruction (L1 / L2), commitment, the BSQ entropy regulariser (per-sample minus
 codebook entropy), optional early-scale reconstruction, an optional random-feature perceptual
 proxy (no pretrained VGG/LPIPS is available offline) and an optional hinge GAN with a PatchGAN
-discriminator. Same Grain pipeline and Orbax checkpoints as ``infinity_jax.train``: running the
+discriminator. Same Grain pipeline, Orbax checkpoints and training loop as ``infinity_jax.train``: running the
 same command again resumes. The result, ``WORKDIR/tokenizer.safetensors`` (official state_dict
 names), is what ``--config.tokenizer.checkpoint`` of the Infinity trainer expects.
 """
@@ -38,8 +38,11 @@ def main(argv) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
     from infinity_jax.data.bucketing import EmptyDatasetError  # noqa: PLC0415
+    from infinity_jax.training.checkpoint import CheckpointWriteError, NoGoodCheckpointError  # noqa: PLC0415
+    from infinity_jax.training.loop import DivergedError  # noqa: PLC0415
     from infinity_jax.training.tokenizer_trainer import TokenizerConfigError, TokenizerTrainer  # noqa: PLC0415
     from infinity_jax.training.trainer import ConfigError  # noqa: PLC0415
+    from infinity_jax.training.workdir_lock import WorkdirLockedError  # noqa: PLC0415
 
     workdir = _WORKDIR.value
     try:
@@ -51,9 +54,18 @@ def main(argv) -> None:
             os.makedirs(workdir, exist_ok=True)
         trainer = TokenizerTrainer(config, workdir)
         last = trainer.train()
-    except (TokenizerConfigError, ConfigError, EmptyDatasetError, FileNotFoundError) as e:
+        if trainer.stopped_by:  # SIGTERM / SIGINT: checkpoint saved, the same command resumes
+            sys.exit(128 + int(trainer.stopped_by))
+    except (TokenizerConfigError, ConfigError, EmptyDatasetError, FileNotFoundError, NoGoodCheckpointError,
+            WorkdirLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except CheckpointWriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except DivergedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
     if "eval/psnr" in last:
         print(f"held-out PSNR {last['eval/psnr']:.2f} dB")
     if workdir:

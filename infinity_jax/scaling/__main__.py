@@ -13,7 +13,7 @@ from infinity_jax.scaling.analyze import analyze
 from infinity_jax.scaling.files import as_path
 from infinity_jax.scaling.plan import PlanMismatchError, job_commands, plan_sweep, sweep_section, write_plan
 from infinity_jax.scaling.report import print_summary
-from infinity_jax.scaling.run import train_size
+from infinity_jax.scaling.run import SweepStopped, train_size
 from infinity_jax.training.trainer import maybe_initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config (a trainer config with optional `sweep` and "
@@ -80,7 +80,11 @@ def main(argv) -> None:
     t0 = time.perf_counter()
     for n in only:
         t1 = time.perf_counter()
-        train_size(f"{workdir}/{n}")
+        try:
+            train_size(f"{workdir}/{n}")
+        except SweepStopped as e:
+            print(f"[scaling] {e}", flush=True)
+            sys.exit(128 + e.signum)
         print(f"[scaling] size {n} done in {time.perf_counter() - t1:.0f} s", flush=True)
     print(f"[scaling] {len(only)} sizes in {time.perf_counter() - t0:.0f} s; "
           f"analyse with: python -m infinity_jax.scaling analyze --workdir {workdir}", flush=True)

@@ -1,4 +1,4 @@
-"""Training one size of a sweep through its compute points, validating the held-out set at each."""
+"""Training one size of a sweep to its last step, validating the held-out set at each compute point (a hook)."""
 from __future__ import annotations
 
 import io
@@ -12,6 +12,7 @@ import numpy as np
 from infinity_jax.eval.validation import Validator, summarize
 from infinity_jax.scaling.files import is_primary, as_path, append_jsonl, read_json, read_jsonl
 from infinity_jax.training.checkpoint import Checkpointer
+from infinity_jax.training.loop import Hook
 from infinity_jax.training.trainer import Trainer
 
 log = logging.getLogger("infinity_jax.scaling")
@@ -26,45 +27,44 @@ def _validation_record(size: str, pt: dict, plan_size: dict, summary: dict, extr
     return rec
 
 
+class SweepStopped(RuntimeError):
+    """SIGTERM / SIGINT stopped a size's run (its checkpoint is saved; the same command resumes)."""
+
+    def __init__(self, size: str, signum: int):
+        super().__init__(f"size {size} stopped by signal {signum}; checkpoint saved, run the same command to resume")
+        self.signum = signum
+
+
 def train_size(size_dir: str, *, validator_factory=None) -> list[dict]:
     """Train one size through its compute points, validating at each; resumable. Returns its records.
 
-    Every segment is the trainer's own loop (:meth:`Trainer.train` with ``total_steps`` set to the
-    point's step, resuming from the checkpoint the previous segment saved); the learning-rate
-    schedule spans the size's whole run (the trainer is built with its final ``total_steps``).
+    One :meth:`Trainer.train` to the size's final step (the learning-rate schedule spans it) with
+    a validation hook at the steps of the points not validated yet; each such step is also
+    checkpointed. A point the run had passed when it was last stopped (killed after the checkpoint
+    of its step, before its record) is validated from that step's checkpoint.
     """
     cfg = ml_collections.ConfigDict(read_json(f"{size_dir}/config.json"))
     plan = read_json(f"{size_dir}/plan.json")
     size = plan["size"]
     cfg.total_steps = int(plan["total_steps"])
     done = {int(r["step"]): r for r in read_jsonl(f"{size_dir}/validation.jsonl")}
-    todo = [p for p in plan["points"] if int(p["steps"]) not in done]
+    todo = {int(p["steps"]): p for p in plan["points"] if int(p["steps"]) not in done}
     if not todo:
         log.info("size %s: every compute point is validated already", size)
         return [done[k] for k in sorted(done)]
     trainer = Trainer(cfg, size_dir)
     vcfg = cfg.validation
     validator = (validator_factory or Validator)(trainer, vcfg)
-    train_s = 0.0
-    for pt in todo:
-        steps = int(pt["steps"])
-        with cfg.unlocked() if hasattr(cfg, "unlocked") else _null():
-            trainer.config.total_steps = steps
-        t0 = time.perf_counter()
-        last = trainer.train()
-        train_s += time.perf_counter() - t0
-        state = trainer.state
-        reached = int(jax.device_get(state["step"]))
-        if reached != steps:
-            state = _restore_step(trainer, size_dir, steps)
-            if state is None:
-                log.warning("size %s: the run is at step %d, past the point at step %d, whose checkpoint is gone; "
-                            "the point is skipped", size, reached, steps)
-                continue
+    clock = {"start": time.perf_counter(), "validation": 0.0}
+
+    def validate(steps: int, state, last: dict) -> None:
+        pt = todo[steps]
         params = state["ema"] if vcfg.get("use_ema") and "ema" in state else state["params"]
         t1 = time.perf_counter()
         per = validator(params)
         val_s = time.perf_counter() - t1
+        clock["validation"] += val_s
+        train_s = time.perf_counter() - clock["start"] - clock["validation"]
         summary = summarize(per)
         extra = {"strength": validator.strength, "fixed_strength": validator.fixed,
                  "apply_layers": validator.apply_layers, "seed": validator.seed,
@@ -84,17 +84,20 @@ def train_size(size_dir: str, *, validator_factory=None) -> list[dict]:
               + " ".join(f"{v:.3f}" for v in summary["per_scale_loss"])
               + f" | train {train_s:.0f} s, val {val_s:.1f} s",
               flush=True)
-    del trainer, validator
+
+    hook = Hook(lambda step, state: validate(step, state, trainer.loop.last), at=tuple(sorted(todo)))
+    trainer.train(hooks=(hook,), save_at=tuple(sorted(todo)))
+    if trainer.stopped_by:
+        raise SweepStopped(size, trainer.stopped_by)
+    for steps in sorted(set(todo) - set(done)):  # passed before this run started
+        state = _restore_step(trainer, size_dir, steps)
+        if state is None:
+            log.warning("size %s: the run is past the point at step %d, whose checkpoint is gone; the point is "
+                        "skipped", size, steps)
+            continue
+        validate(steps, state, {})
     jax.clear_caches()
     return [done[k] for k in sorted(done)]
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _restore_step(trainer, size_dir: str, step: int):

@@ -90,7 +90,7 @@ class MetricsLogger:
         self.is_primary = is_primary
         self.format_fn = format_fn or format_line
         self.tag_prefix = tag_prefix
-        self.print_every = max(1, int(print_every))
+        self.print_every = max(0, int(print_every))  # 0: no step lines
         self.jsonl = None
         self.tb = None
         self.bar = None
@@ -128,9 +128,9 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix_str(line.split("| ", 1)[-1][:120], refresh=False)
-            if step % self.print_every == 0:
+            if self.print_every and step % self.print_every == 0:
                 self.bar.write(line)
-        elif step % self.print_every == 0:
+        elif self.print_every and step % self.print_every == 0:
             print(line, flush=True)
 
     def text(self, msg: str) -> None:

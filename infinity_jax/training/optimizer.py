@@ -7,6 +7,9 @@
 * schedule: optional linear warm-up from ``warmup_init * peak``, then ``constant`` (the official
   ``lin0`` with ``wp~0, wpe=1`` is constant), ``lin0`` (flat for 5 % of the remaining steps, then
   linear to ``final_ratio * peak``) or ``cosine``.
+
+:func:`build_optimizer` is the one builder of the three training loops (Infinity, the tokenizer,
+the text encoder's pre-training); they differ only in settings and in ``decay_mask``.
 """
 from __future__ import annotations
 
@@ -84,14 +87,32 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(optim_cfg, lr_fn: Callable) -> optax.GradientTransformation:
-    """AdamW with decoupled weight decay on kernels, after clipping (clip 0 = off)."""
+def ndim_decay_mask(params) -> Any:
+    """True on the leaves with ndim >= 2 (convolution and Linear kernels): the tokenizer's groups."""
+    return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
+def build_optimizer(lr, *, b1: float, b2: float, eps: float = 1e-8, weight_decay: float = 0.0, clip: float = 0.0,
+                    decay_mask: Callable | None = decay_mask, torch_clip: bool = True) -> optax.GradientTransformation:
+    """Global-norm clipping (``clip`` 0 = off) then AdamW with decoupled weight decay.
+
+    ``lr``: a float or a schedule ``step -> lr``; ``decay_mask``: ``params -> bool tree`` of the
+    leaves that take weight decay (None: all); ``torch_clip``: ``clip_grad_norm_``'s coefficient
+    (:func:`clip_by_global_norm`), else ``optax.clip_by_global_norm``.
+    """
+    parts = []
+    if clip and clip > 0:
+        parts.append(clip_by_global_norm(float(clip)) if torch_clip else optax.clip_by_global_norm(float(clip)))
+    parts.append(optax.adamw(lr, b1=float(b1), b2=float(b2), eps=float(eps), weight_decay=float(weight_decay),
+                             mask=decay_mask))
+    return optax.chain(*parts)
+
+
+def make_optimizer(optim_cfg, lr_fn: Callable, decay_mask: Callable | None = decay_mask
+                   ) -> optax.GradientTransformation:
+    """:func:`build_optimizer` from a config's ``optim`` block (the official recipe by default)."""
     name = optim_cfg.get("name", "adamw")
     if name != "adamw":
         raise ValueError(f"unknown optimizer {name!r}; only 'adamw' (the official recipe) is implemented")
-    parts = []
-    if optim_cfg.clip and optim_cfg.clip > 0:
-        parts.append(clip_by_global_norm(float(optim_cfg.clip)))
-    parts.append(optax.adamw(lr_fn, b1=float(optim_cfg.b1), b2=float(optim_cfg.b2), eps=float(optim_cfg.eps),
-                             weight_decay=float(optim_cfg.wd), mask=decay_mask))
-    return optax.chain(*parts)
+    return build_optimizer(lr_fn, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.get("eps", 1e-8),
+                           weight_decay=optim_cfg.wd, clip=float(optim_cfg.clip or 0), decay_mask=decay_mask)

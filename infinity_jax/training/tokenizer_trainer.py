@@ -27,8 +27,6 @@ import json
 import logging
 import os
 import pathlib
-import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +45,8 @@ from infinity_jax.tokenizer import BSQVAE, VAEConfig, init
 from infinity_jax.tokenizer.convert import to_official
 from infinity_jax.tokenizer.vae import ResnetBlock
 from infinity_jax.training import tokenizer_losses as TL
-from infinity_jax.training.checkpoint import Checkpointer
-from infinity_jax.training.metrics import MetricsLogger
+from infinity_jax.training.loop import Hook, LoopSettings, Task, TrainLoop
+from infinity_jax.training.optimizer import build_optimizer, learning_rate_schedule, ndim_decay_mask
 from infinity_jax.training.trainer import build_source
 
 log = logging.getLogger(__name__)
@@ -130,27 +128,23 @@ class TokenizerTrainer:
             self._abs_dparams = nnx.to_pure_dict(d_params)
         o = c.optim
         warm = max(int(o.warmup_steps), 1)
-        total = max(int(c.total_steps), warm + 1)  # the cosine part needs at least one step
-        self.lr_fn = optax.warmup_cosine_decay_schedule(
-            float(o.lr) * float(o.warmup_init), float(o.lr), warm, total,
-            float(o.lr) * float(o.final_ratio)) if o.schedule == "cosine" else optax.join_schedules(
-            [optax.linear_schedule(float(o.lr) * float(o.warmup_init), float(o.lr), max(int(o.warmup_steps), 1)),
-             optax.constant_schedule(float(o.lr))], [max(int(o.warmup_steps), 1)])
+        self.lr_fn = learning_rate_schedule(float(o.lr), max(int(c.total_steps), warm + 1), warmup_steps=warm,
+                                            warmup_init=float(o.warmup_init), schedule=str(o.schedule),
+                                            final_ratio=float(o.final_ratio))
         self.tx = self._make_tx(self.lr_fn, o)
         if self.use_gan:
             self.dtx = self._make_tx(float(L.gan.lr or o.lr), o)
         self.ema_decay = float(o.ema_decay)
         self._step_fn = None
+        self.loop: TrainLoop | None = None
+        self.state = None
         self._recon_fn = None
 
     @staticmethod
     def _make_tx(lr, o):
-        parts = []
-        if float(o.clip) > 0:
-            parts.append(optax.clip_by_global_norm(float(o.clip)))
-        parts.append(optax.adamw(lr, b1=float(o.b1), b2=float(o.b2), eps=1e-8, weight_decay=float(o.wd),
-                                 mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
-        return optax.chain(*parts)
+        """Adam(W) on the tensors with ndim >= 2, after ``optax`` global-norm clipping."""
+        return build_optimizer(lr, b1=o.b1, b2=o.b2, eps=1e-8, weight_decay=o.wd, clip=float(o.clip),
+                               decay_mask=ndim_decay_mask, torch_clip=False)
 
     # ------------------------------------------------------------------------------ state --
     def _abs_state(self):
@@ -363,83 +357,54 @@ class TokenizerTrainer:
         return None
 
     # ------------------------------------------------------------------------------- loop --
+    @property
+    def stopped_by(self) -> int | None:
+        """The signal number when SIGTERM / SIGINT stopped the last :meth:`train`, else None."""
+        return self.loop.stopped_by if self.loop is not None else None
+
     def train(self) -> dict:
-        """Run (or resume) to ``config.total_steps``; export the weights; return the last metrics."""
+        """Run (or resume) to ``config.total_steps`` through :class:`TrainLoop`; export the weights
+        (unless stopped by a signal); return the last metrics."""
         c = self.config
         primary = jax.process_index() == 0
-        ckpt = None
-        if self.workdir:
-            ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep=int(c.checkpoint.keep),
-                                async_save=bool(c.checkpoint.async_save))
-        pipeline = self.build_pipeline()
-        restored = ckpt.restore(self.abstract_state(), pipeline.iterator) if ckpt and ckpt.all_steps() else None
-        if restored is not None:
-            step, state, _ = restored
-            msg = f"resumed from {ckpt.directory}/{step}"
-        else:
-            state = self.init_state()
-            step = 0
-            msg = "started from scratch"
         total = int(c.total_steps)
-        logger = MetricsLogger(self.workdir, total_steps=total, start_step=step, tensorboard=bool(c.log.tensorboard),
-                               progress=bool(c.log.progress), is_primary=primary, print_every=int(c.log.every),
-                               format_fn=format_line, tag_prefix="tokenizer", desc="tokenizer")
-        n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(self._abs_params))
-        logger.text(f"tokenizer: {msg}; {n_params:,} parameters; d={self.vcfg.codebook_dim}, patch "
-                    f"{self.vcfg.patch_size}, images {self.image_hw[0]}x{self.image_hw[1]}"
-                    f"{f' (trained on {self.crop}x{self.crop} crops)' if self.crop else ''}, schedule "
-                    f"{[s[1:] for s in self.schedule]}; batch {self.global_batch}, {total} steps")
-        fn = self.compiled_step()
+        self.loop = loop = TrainLoop(self.workdir, LoopSettings.from_config(
+            c, format_fn=format_line, tag_prefix="tokenizer", desc="tokenizer",
+            diverged_advice="lower the learning rate (config.optim.lr) or raise optim.max_nonfinite_steps"))
         eval_imgs = self.eval_images() if primary else None
-        eval_every = int(c.eval.every)
-        last: dict = {}
-        t_prev = time.perf_counter()
-        pending = None
+        fn = self.compiled_step()
 
-        def flush(p):
-            nonlocal t_prev, last
-            pstep, metrics = p
-            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
-            m["step_time"] = now - t_prev
-            m["images_per_s"] = self.global_batch / max(now - t_prev, 1e-9)
-            t_prev = now
-            logger.write(pstep, m)
-            last = {"step": pstep, **m}
+        def start(step, resumed, logger):
+            n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(self._abs_params))
+            logger.text(f"tokenizer: {resumed or 'started from scratch'}; {n_params:,} parameters; "
+                        f"d={self.vcfg.codebook_dim}, patch "
+                        f"{self.vcfg.patch_size}, images {self.image_hw[0]}x{self.image_hw[1]}"
+                        f"{f' (trained on {self.crop}x{self.crop} crops)' if self.crop else ''}, schedule "
+                        f"{[s[1:] for s in self.schedule]}; batch {self.global_batch}, {total} steps")
 
+        def step(state, host, n):
+            imgs = self._crop(np.asarray(host["image"], np.uint8), n - 1)
+            return fn(state, jax.make_array_from_process_local_data(self.batch_sh, imgs))
+
+        def metrics(n, m, host, dt):
+            return {**m, "step_time": dt, "images_per_s": self.global_batch / dt}
+
+        hooks = ()
+        if eval_imgs is not None and int(c.eval.every):
+            hooks = (Hook(lambda n, state: {"eval/psnr": self.eval_psnr(state, eval_imgs)}, every=int(c.eval.every),
+                          at=(total,), line=lambda n, m: f"step {n:>6d} | held-out PSNR {m['eval/psnr']:.2f} dB"),)
+        task = Task(batches=self.build_pipeline, init_state=self.init_state, abstract_state=self.abstract_state,
+                    step=step, metrics=metrics, start=start)
         try:
-            while step < total:
-                host = next(pipeline)
-                imgs = self._crop(np.asarray(host["image"], np.uint8), step)
-                batch = jax.make_array_from_process_local_data(self.batch_sh, imgs)
-                state, metrics = fn(state, batch)
-                step += 1
-                if pending is not None:
-                    flush(pending)
-                pending = (step, metrics)
-                if eval_imgs is not None and eval_every and (step % eval_every == 0 or step == total):
-                    flush(pending)
-                    pending = None
-                    p = self.eval_psnr(state, eval_imgs)
-                    logger.write(step, {"eval/psnr": p}, line=f"step {step:>6d} | held-out PSNR {p:.2f} dB")
-                    last["eval/psnr"] = p
-                if ckpt and (step % int(c.checkpoint.every) == 0 or step == total):
-                    if pending is not None:
-                        flush(pending)
-                        pending = None
-                    ckpt.save(step, state, pipeline.iterator,
-                              meta={"step": step, "config": json.loads(c.to_json_best_effort()), "time": time.time()})
-            if pending is not None:
-                flush(pending)
+            last = dict(loop.run(task, hooks))
         finally:
-            if ckpt:
-                ckpt.close()
-            logger.close()
-        self.state = state
+            self.state = loop.state
+        if self.stopped_by:
+            return last
         if self.workdir and primary:
             self.export(self.workdir)
         if eval_imgs is not None and "eval/psnr" not in last:
-            last["eval/psnr"] = self.eval_psnr(state, eval_imgs)
+            last["eval/psnr"] = self.eval_psnr(self.state, eval_imgs)
         return last
 
     def final_params(self, state: dict | None = None) -> dict:

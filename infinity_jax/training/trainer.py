@@ -20,7 +20,6 @@ import importlib
 import json
 import logging
 import os
-import signal
 import time
 from typing import Any
 
@@ -40,13 +39,12 @@ from infinity_jax.data.tfds_source import TFDSSource
 from infinity_jax.sharding import make_mesh
 from infinity_jax.tokenizer import Encoder, VAEConfig, convert as vae_convert
 from infinity_jax.training import compile_report, state as st
-from infinity_jax.training.checkpoint import Checkpointer, restore_params
-from infinity_jax.training.metrics import MetricsLogger, peak_tflops, scalar_metrics
+from infinity_jax.training.checkpoint import restore_params
+from infinity_jax.training.loop import Hook, LoopSettings, Task, TrainLoop
+from infinity_jax.training.metrics import peak_tflops
 from infinity_jax.training.optimizer import learning_rate_schedule, make_optimizer, peak_learning_rate
-from infinity_jax.training.preemption import StopSignals
 from infinity_jax.training.step import apply_update, loss_and_grads
 from infinity_jax.training.text_features import OnlineT5, PrecomputedText, RandomText
-from infinity_jax.training.workdir_lock import WorkdirLock
 from infinity_jax.transformer import convert
 from infinity_jax.transformer.config import SIZE_NAMES, InfinityConfig, size_config
 from infinity_jax.transformer.flops import train_flops
@@ -58,46 +56,6 @@ log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """A mistake in the experiment config (reported without a traceback by ``train.py``)."""
-
-
-class DivergedError(RuntimeError):
-    """Too many steps in a row with a non-finite loss or gradient norm (the run stops)."""
-
-
-class NonFiniteGuard:
-    """Counts steps whose loss or gradient norm is not finite (their update is skipped in the step).
-
-    ``total``: all such steps of the run's history; ``run``: how many in a row up to the last
-    step; ``diverged`` once ``run`` reaches ``max_in_a_row``.
-    """
-
-    def __init__(self, max_in_a_row: int):
-        self.max_in_a_row = max(1, max_in_a_row)
-        self.total = self.run = 0
-        self.first_bad = None
-        self.last: dict = {}
-
-    def update(self, step: int, m: dict) -> None:
-        """Read one logged step's metrics (adds ``nonfinite_total`` to them)."""
-        bad = bool(m.get("nonfinite", 0.0))
-        self.total += bad
-        self.run = self.run + 1 if bad else 0
-        if bad and self.run == 1:
-            self.first_bad = step
-        self.last = {"step": step, "loss": m.get("loss"), "grad_norm": m.get("grad_norm")}
-        m["nonfinite_total"] = float(self.total)
-
-    @property
-    def diverged(self) -> bool:
-        return self.run >= self.max_in_a_row
-
-    def message(self, latest_checkpoint: int | None) -> str:
-        ck = (f"the newest checkpoint (step {latest_checkpoint}) is finite and kept" if latest_checkpoint is not None
-              else "no checkpoint was saved")
-        return (f"training diverged: {self.run} steps in a row (steps {self.first_bad}..{self.last['step']}) had a "
-                f"non-finite loss ({self.last['loss']}) or gradient norm ({self.last['grad_norm']}); their updates "
-                f"were skipped and {ck}; lower the learning rate (config.optim.tblr / optim.lr) or raise "
-                f"optim.max_nonfinite_steps")
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -311,9 +269,10 @@ class Trainer:
         self.batch_sharding = NamedSharding(self.mesh, P(self.batch_axes if self.batch_axes else None))
         self.replicated = NamedSharding(self.mesh, P())
         self._compiled: dict[Any, Any] = {}
-        self._finite_fn = None
         self.online_t5 = None
         self.vae_params = None
+        self.loop: TrainLoop | None = None
+        self.state = None
         self.peak = peak_tflops(jax.devices()[0].device_kind, float(c.log.peak_tflops))
 
     # -- construction -----------------------------------------------------------------------
@@ -574,147 +533,99 @@ class Trainer:
         return fn(state, self.load_tokenizer(), self.device_batch(host_batch))
 
     # -- the loop ---------------------------------------------------------------------------
-    def train(self) -> dict:
-        """Run (or resume) training to ``config.total_steps``; returns the last logged metrics.
+    @property
+    def stopped_by(self) -> int | None:
+        """The signal number when SIGTERM / SIGINT stopped the last :meth:`train`, else None."""
+        return self.loop.stopped_by if self.loop is not None else None
 
-        The workdir is locked for the run (a second run on it fails with the holder named);
-        ``self.stopped_by`` is the signal number when SIGTERM / SIGINT stopped the run.
+    def train(self, hooks: tuple[Hook, ...] = (), save_at: tuple[int, ...] = ()) -> dict:
+        """Run (or resume) training to ``config.total_steps`` through :class:`TrainLoop` (workdir
+        lock, checkpoints, preemption, non-finite guard); returns the last logged metrics.
+
+        ``hooks``: :class:`Hook` s run with ``(step, state)`` (e.g. validation at given steps);
+        ``save_at``: steps checkpointed besides ``checkpoint.every``.
         """
-        self.stopped_by = None
-        lock = None
-        if self.workdir and jax.process_index() == 0 and "://" not in self.workdir:
-            lock = WorkdirLock(self.workdir).acquire()
-        try:
-            return self._train()
-        finally:
-            if lock is not None:
-                lock.release()
-
-    def _train(self) -> dict:
-        """The body of :meth:`train` (with the workdir locked)."""
         c = self.config
         primary = jax.process_index() == 0
-        ckpt = None
-        if self.workdir:
-            ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep=int(c.checkpoint.keep),
-                                async_save=bool(c.checkpoint.async_save))
-        if c.debug.get("memory_check", True):
-            self.check_memory()
-        pipeline = self.build_pipeline()
-        self.load_tokenizer()
-        restored = ckpt.restore(self.abstract_state(), pipeline.iterator) if ckpt and ckpt.all_steps() else None
-        skipped_total = 0
-        guard = NonFiniteGuard(int(c.optim.get("max_nonfinite_steps", 10)))
-        if restored is not None:
-            step, state, meta = restored
-            skipped_total = int(meta.get("skipped_total", 0)) if primary else 0
-            guard.total = int(meta.get("nonfinite_total", 0))
-            self._check_resumed_config(meta)
-            msg = f"resumed from {ckpt.directory}/{step} (data at batch {pipeline.get_state()})"
-        else:
-            state = self.init_state()
-            step = 0
-            msg = "started from scratch" if not c.init.official and not c.init.checkpoint else "initialised"
-        total = int(c.total_steps)
-        logger = MetricsLogger(self.workdir, total_steps=total, start_step=step, tensorboard=bool(c.log.tensorboard),
-                               progress=bool(c.log.progress), is_primary=primary, print_every=int(c.log.every))
-        total_b, per_dev_b = self.md.param_bytes()
-        n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(st.state_to_tree(self.md.abstract)))
-        logger.text(f"{msg}; mesh {dict(self.mesh.shape)} on {self.n_devices} devices ({jax.process_count()} "
-                    f"processes); {n_params:,} "
-                    f"parameters, {total_b / 2 ** 20:.1f} MiB, {per_dev_b / 2 ** 20:.1f} MiB on the most loaded device; "
-                    f"global batch {self.global_batch}, peak lr {self.peak_lr:.3g}; templates "
-                    f"{pipeline.template_counts()}; {pipeline.batches_per_epoch} batches per epoch")
-        if step < total:  # compile before the loop: the next batch's template now, others when first met
-            bucket_id = pipeline.next_bucket()
-            self.compiled_step(bucket_id)
-            logger.text(f"train step compiled in {self.compile_info['seconds']:.1f} s; {self.compile_info['memory']}")
-            if primary:
-                logger.text(self.step_report_text(bucket_id))
-        batch_log = None
-        if c.debug.log_batches and self.workdir:
-            batch_log = open(os.path.join(self.workdir, f"batches_process{jax.process_index()}.jsonl"), "a",
-                             buffering=1)
-        last: dict = {}
-        pending = None
-        t_prev = time.perf_counter()
+        self.loop = loop = TrainLoop(self.workdir, LoopSettings.from_config(
+            c, diverged_advice="lower the learning rate (config.optim.tblr / optim.lr) or raise "
+                               "optim.max_nonfinite_steps"))
+        run: dict[str, Any] = {"pipeline": None, "batch_log": None, "skipped_total": 0}
 
-        def flush(p):
-            nonlocal t_prev, skipped_total, last
-            pstep, metrics, bucket, skipped = p
-            m = scalar_metrics(jax.device_get(metrics))
-            now = time.perf_counter()
-            dt = max(now - t_prev, 1e-9)
-            t_prev = now
+        def batches():
+            if c.debug.get("memory_check", True):
+                self.check_memory()
+            run["pipeline"] = self.build_pipeline()
+            self.load_tokenizer()
+            if c.debug.log_batches and self.workdir:
+                run["batch_log"] = open(os.path.join(self.workdir, f"batches_process{jax.process_index()}.jsonl"), "a",
+                                        buffering=1)
+            return run["pipeline"]
+
+        def restored(meta):
+            run["skipped_total"] = int(meta.get("skipped_total", 0)) if primary else 0
+            self._check_resumed_config(meta)
+
+        def start(step, resumed, logger):
+            pipeline = run["pipeline"]
+            msg = (f"{resumed} (data at batch {pipeline.get_state()})" if resumed else
+                   "started from scratch" if not c.init.official and not c.init.checkpoint else "initialised")
+            total_b, per_dev_b = self.md.param_bytes()
+            n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(st.state_to_tree(self.md.abstract)))
+            logger.text(f"{msg}; mesh {dict(self.mesh.shape)} on {self.n_devices} devices ({jax.process_count()} "
+                        f"processes); {n_params:,} "
+                        f"parameters, {total_b / 2 ** 20:.1f} MiB, {per_dev_b / 2 ** 20:.1f} MiB on the most loaded "
+                        f"device; global batch {self.global_batch}, peak lr {self.peak_lr:.3g}; templates "
+                        f"{pipeline.template_counts()}; {pipeline.batches_per_epoch} batches per epoch")
+            if step < int(c.total_steps):  # compile before the loop: the next batch's template now, others when met
+                bucket_id = pipeline.next_bucket()
+                self.compiled_step(bucket_id)
+                logger.text(f"train step compiled in {self.compile_info['seconds']:.1f} s; "
+                            f"{self.compile_info['memory']}")
+                if primary:
+                    logger.text(self.step_report_text(bucket_id))
+
+        def step(state, host, n):
+            state, metrics = self.compiled_step(int(host["bucket"]))(state, self.vae_params, self.device_batch(host))
+            if run["batch_log"] is not None:
+                run["batch_log"].write(json.dumps({"step": n, "batch": int(host["batch"]), "bucket": int(host["bucket"]),
+                                                   "index": [int(x) for x in host["index"]]}) + "\n")
+            return state, metrics
+
+        def metrics(n, m, host, dt):
+            bucket = self.buckets[int(host["bucket"])]
+            skipped = int(host["skipped"])
             if jax.process_count() > 1:
                 skipped = int(np.sum(multihost_utils.process_allgather(np.asarray(skipped, np.int64))))
-            skipped_total += skipped
+            run["skipped_total"] += skipped
             trained = bucket.scales[: self.training_scale_count(bucket.scales)]
             L = sum(int(np.prod(sc)) for sc in trained)
             fl = train_flops(self.mcfg, trained, self.text_len) * self.global_batch
             m.update(step_time=dt, images_per_s=self.global_batch / dt, tokens_per_s=self.global_batch * L / dt,
                      tflops_per_device=fl / dt / self.n_devices / 1e12, template=bucket.h_div_w)
             m["data/skipped"] = float(skipped)
-            m["data/skipped_total"] = float(skipped_total)
-            guard.update(pstep, m)
+            m["data/skipped_total"] = float(run["skipped_total"])
             if self.peak:
                 m["mfu"] = m["tflops_per_device"] / self.peak
-            logger.write(pstep, m)
-            last = {"step": pstep, **m}
+            return m
 
-        stop_signals = StopSignals().__enter__()  # left in the finally below
-        try:
-            while step < total:
-                host = next(pipeline)
-                bucket = self.buckets[int(host["bucket"])]
-                fn = self.compiled_step(int(host["bucket"]))
-                state, metrics = fn(state, self.vae_params, self.device_batch(host))
-                step += 1
-                if batch_log is not None:
-                    batch_log.write(json.dumps({"step": step, "batch": int(host["batch"]), "bucket": int(host["bucket"]),
-                                                "index": [int(x) for x in host["index"]]}) + "\n")
-                if pending is not None:
-                    flush(pending)
-                pending = (step, metrics, bucket, int(host["skipped"]))
-                if guard.diverged:
-                    break  # this step is logged after the loop
-                stop = stop_signals.requested()
-                if ckpt and (step % int(c.checkpoint.every) == 0 or step == total or stop):
-                    flush(pending)
-                    pending = None
-                    if guard.diverged:
-                        break
-                    if guard.run or not self.params_finite(state):
-                        logger.text(f"step {step} not saved: its loss, gradient or parameters are not finite")
-                    else:
-                        ckpt.save(step, state, pipeline.iterator,
-                                  meta={"step": step, "config": json.loads(c.to_json_best_effort()),
-                                        "mesh": dict(self.mesh.shape), "skipped_total": skipped_total,
-                                        "nonfinite_total": guard.total,
-                                        "process_count": jax.process_count(), "time": time.time()})
-                if stop:
-                    self.stopped_by = stop
-                    logger.text(f"stopped by {signal.Signals(stop).name} at step {step}"
-                                + ("; checkpoint saved, run the same command to resume" if ckpt else ""))
-                    break
-                if c.debug.step_sleep:
-                    time.sleep(float(c.debug.step_sleep))
-            if pending is not None:
-                flush(pending)
-        finally:
-            stop_signals.__exit__(None, None, None)
-            if ckpt:
-                ckpt.close()
-            if batch_log is not None:
-                batch_log.close()
+        def meta():
+            return {"mesh": dict(self.mesh.shape), "skipped_total": run["skipped_total"],
+                    "process_count": jax.process_count()}
+
+        def close(last, logger):
+            if run["batch_log"] is not None:
+                run["batch_log"].close()
             if last:
                 logger.text(f"done at step {last['step']}: loss {last['loss']:.4f}; "
-                            f"{int(skipped_total)} corrupt or unreadable samples skipped in this run's history")
-            logger.close()
-        self.state = state
-        if guard.diverged:
-            raise DivergedError(guard.message(ckpt.latest_step() if ckpt else None))
-        return last
+                            f"{int(run['skipped_total'])} corrupt or unreadable samples skipped in this run's history")
+
+        task = Task(batches=batches, init_state=self.init_state, abstract_state=self.abstract_state, step=step,
+                    metrics=metrics, meta=meta, restored=restored, start=start, close=close)
+        try:
+            return loop.run(task, hooks, save_at)
+        finally:
+            self.state = loop.state
 
     def memory_estimate(self) -> dict:
         """A lower bound of the memory the train state needs before any activation: weights,
@@ -742,16 +653,6 @@ class Trainer:
             f"{est['copies']} for weights, gradients and AdamW state, before activations) but "
             f"{available_bytes / gib:.1f} GiB is available; use a smaller model (size=tiny or size=layer12), "
             f"more devices, or set config.debug.memory_check=False to try anyway")
-
-    def params_finite(self, state: dict) -> bool:
-        """Whether every parameter (and EMA) of ``state`` is finite (one fused reduction on device)."""
-        if self._finite_fn is None:
-            def all_finite(tree):
-                leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-                          if jnp.issubdtype(x.dtype, jnp.inexact)]
-                return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-            self._finite_fn = jax.jit(all_finite)
-        return bool(self._finite_fn({k: state[k] for k in ("params", "ema") if k in state}))
 
     def _check_resumed_config(self, meta: dict) -> None:
         saved = (meta.get("config") or {})

@@ -2,7 +2,7 @@
 import numpy as np
 
 from infinity_jax.data.shapes import heldout_prompts
-from infinity_jax.text.pretrain import masked_batch, pretrain_encoder
+from infinity_jax.training.text_pretrain import masked_batch, pretrain_encoder
 from infinity_jax.text.t5 import load
 from infinity_jax.text.train_tokenizer import build_tiny_t5
 
@@ -39,7 +39,7 @@ def test_keep_weight_adds_the_kept_tokens_loss(tmp_path, shapes_captions, shapes
     import jax.numpy as jnp
     import optax
 
-    from infinity_jax.text.pretrain import _loss
+    from infinity_jax.training.text_pretrain import _loss
     from infinity_jax.text.tokenize import T5Tokenizer
 
     folder = build_tiny_t5(tmp_path / "t5", spiece_model=shapes_spiece, seed=0)

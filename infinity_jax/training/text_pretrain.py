@@ -11,23 +11,25 @@ a decoder:
   ``mask_rate`` (at least one per caption);
 * the encoder's last hidden states at the masked positions predict the original ids through the
   tied input embedding (``logits = h @ E^T * d_model**-0.5``, T5's tied-head scaling);
-* AdamW, cosine decay, cross-entropy averaged over the masked positions; with ``keep_weight`` > 0
-  the same loss over the kept (unmasked) real tokens is added with that weight, so that every
+* AdamW (:func:`infinity_jax.training.optimizer.build_optimizer`: decay on every tensor, clipping
+  at 1), warm-up then cosine decay, cross-entropy averaged over the masked positions; with
+  ``keep_weight`` > 0 the same loss over the kept (unmasked) real tokens is added with that weight, so that every
   output names its own word (the features an image model reads), not only the masked ones.
 
 Denoising alone cannot teach which colour goes with which shape (in captions they vary
 independently); the order has to come from the positions, which the demo's tiny encoder gets as
 learned absolute position embeddings (``T5Config.absolute_positions``).
 
-:func:`pretrain_encoder` updates a Hugging Face T5 folder in place (``model.safetensors``) and
-writes ``pretrain.json`` with its losses and masked-token accuracy on a held-out set of captions.
+:func:`pretrain_encoder` runs through the one training loop
+(:class:`infinity_jax.training.loop.TrainLoop`, no workdir: nothing is checkpointed, SIGINT / SIGTERM
+stop it without saving, a diverged run stops with :class:`~infinity_jax.training.loop.DivergedError`),
+updates a Hugging Face T5 folder in place (``model.safetensors``) and writes ``pretrain.json`` with its losses and masked-token accuracy on a held-out set of captions.
 """
 from __future__ import annotations
 
 import json
 import math
 import pathlib
-import sys
 import time
 from typing import Sequence
 
@@ -36,11 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm import tqdm
 
 from infinity_jax.text.convert import save_pretrained
 from infinity_jax.text.t5 import load
 from infinity_jax.text.tokenize import T5Tokenizer
+from infinity_jax.training.loop import LoopSettings, Task, TrainLoop
+from infinity_jax.training.optimizer import build_optimizer, learning_rate_schedule
 
 
 def masked_batch(ids: np.ndarray, lens: np.ndarray, rng: np.random.Generator, mask_rate: float, mask_id: int
@@ -108,20 +111,21 @@ def pretrain_encoder(folder: str | pathlib.Path, captions: Sequence[str], *, hel
     ids, lens, pad = np.asarray(batch.ids), np.asarray(batch.lens), np.asarray(batch.mask)
     rng = np.random.default_rng(seed)
 
-    sched = optax.warmup_cosine_decay_schedule(lr * 0.01, lr, max(warmup_steps, 1), max(steps, warmup_steps + 1),
-                                               lr * 0.05)
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b1=0.9, b2=0.98, weight_decay=weight_decay))
+    warm = max(warmup_steps, 1)
+    sched = learning_rate_schedule(lr, max(steps, warm + 1), warmup_steps=warm, warmup_init=0.01,
+                                   schedule="cosine", final_ratio=0.05)
+    tx = build_optimizer(sched, b1=0.9, b2=0.98, eps=1e-8, weight_decay=weight_decay, clip=1.0, decay_mask=None,
+                         torch_clip=False)
     gd, params = nnx.split(model, nnx.Param)
-    opt = tx.init(params)
 
     @jax.jit
-    def step(params, opt, ids, mask, corrupted, target_mask):
+    def train_step(state, ids, mask, corrupted, target_mask):
         def f(p):
             return _loss(nnx.merge(gd, p), ids, mask, corrupted, target_mask, keep_weight)
 
-        (loss, acc), g = jax.value_and_grad(f, has_aux=True)(params)
-        upd, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, upd), opt, loss, acc
+        (loss, acc), g = jax.value_and_grad(f, has_aux=True)(state["params"])
+        upd, opt = tx.update(g, state["opt_state"], state["params"])
+        return {"params": optax.apply_updates(state["params"], upd), "opt_state": opt}, {"loss": loss, "accuracy": acc}
 
     @jax.jit
     def evaluate(params, ids, mask, corrupted, target_mask):
@@ -138,18 +142,29 @@ def pretrain_encoder(folder: str | pathlib.Path, captions: Sequence[str], *, hel
             accs.append(float(evaluate(params, hi, hm, c, tm)[1]))
         return float(np.mean(accs))
 
-    before = heldout_accuracy(params)
+    def batches():
+        while True:
+            rows = rng.integers(0, len(ids), batch_size)
+            c, tm = masked_batch(ids[rows], lens[rows], rng, mask_rate, mask_id)
+            yield ids[rows], pad[rows], c, tm
+
     losses, accs = [], []
-    bar = tqdm(range(steps), desc="text encoder", unit="step", disable=not progress, file=sys.stdout)
-    for _ in bar:
-        rows = rng.integers(0, len(ids), batch_size)
-        c, tm = masked_batch(ids[rows], lens[rows], rng, mask_rate, mask_id)
-        params, opt, loss, acc = step(params, opt, ids[rows], pad[rows], c, tm)
-        losses.append(float(loss))
-        accs.append(float(acc))
-        if len(losses) % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{np.mean(accs[-20:]):.3f}")
-    bar.close()
+
+    def metrics(n, m, batch, dt):
+        losses.append(m["loss"])
+        accs.append(m["accuracy"])
+        return {**m, "step_time": dt}
+
+    before = heldout_accuracy(params)
+    loop = TrainLoop(None, LoopSettings(total_steps=int(steps), max_nonfinite_steps=10,
+                                        diverged_advice="lower the learning rate (lr)",
+                                        logger={"progress": progress, "print_every": 20 if progress else 0,
+                                                "format_fn": _format_line, "desc": "text encoder"}))
+    loop.run(Task(batches=batches, init_state=lambda: {"params": params, "opt_state": tx.init(params)},
+                  abstract_state=lambda: None, step=lambda state, b, n: train_step(state, *b), metrics=metrics))
+    if loop.stopped_by:  # nothing is saved: no checkpoint exists for a half-trained encoder
+        raise KeyboardInterrupt(f"text encoder pre-training stopped by signal {loop.stopped_by}")
+    params = loop.state["params"]
     after = heldout_accuracy(params)
     nnx.update(model, params)
     save_pretrained(model, folder)
@@ -163,6 +178,10 @@ def pretrain_encoder(folder: str | pathlib.Path, captions: Sequence[str], *, hel
             "seconds": time.perf_counter() - t0}
     (folder / "pretrain.json").write_text(json.dumps(info, indent=1))
     return info
+
+
+def _format_line(step: int, m: dict) -> str:
+    return f"step {step:>6d} | loss {m['loss']:.3f} masked-token accuracy {m['accuracy']:.3f}"
 
 
 __all__ = ["masked_batch", "pretrain_encoder"]
