@@ -142,13 +142,14 @@ class LoopSettings:
     logger: dict = dataclasses.field(default_factory=dict)  # MetricsLogger keyword arguments
 
     @classmethod
-    def from_config(cls, c, **logger) -> "LoopSettings":
+    def from_config(cls, c, diverged_advice: str = "lower the learning rate", **logger) -> "LoopSettings":
         """From a run config: ``total_steps``, ``checkpoint.{every, keep, async_save}``,
-        ``optim.max_nonfinite_steps``, ``debug.step_sleep``, ``log.{tensorboard, progress, every}``."""
+        ``optim.max_nonfinite_steps``, ``debug.step_sleep``, ``log.{tensorboard, progress, every}``;
+        ``logger``: more :class:`MetricsLogger` arguments."""
         debug = c.get("debug") or {}
         return cls(total_steps=int(c.total_steps), checkpoint_every=int(c.checkpoint.every),
                    keep=int(c.checkpoint.keep), async_save=bool(c.checkpoint.async_save),
-                   max_nonfinite_steps=int(c.optim.get("max_nonfinite_steps", 10)),
+                   max_nonfinite_steps=int(c.optim.get("max_nonfinite_steps", 10)), diverged_advice=diverged_advice,
                    step_sleep=float(debug.get("step_sleep", 0.0) or 0.0),
                    config_json=json.loads(c.to_json_best_effort()),
                    logger={"tensorboard": bool(c.log.tensorboard), "progress": bool(c.log.progress),
