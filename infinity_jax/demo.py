@@ -163,10 +163,18 @@ def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
+def _exit_if_stopped(trainer) -> None:
+    """SIGTERM / SIGINT stopped a training stage (its checkpoint is saved): exit with ``128 + signal``."""
+    if trainer.stopped_by:
+        _say("stopped; the checkpoint is saved, run the same command to resume")
+        sys.exit(128 + int(trainer.stopped_by))
+
+
 def stage_tokenizer(config, workdir: pathlib.Path) -> dict:
     out = workdir / "tokenizer"
     trainer = TokenizerTrainer(config.tokenizer, str(out))
     last = trainer.train()
+    _exit_if_stopped(trainer)
     imgs, specs = E.render_heldout(int(config.image_size), range(int(config.eval.tokenizer_images_seeds)),
                                    str(config.data.style), tuple(config.data.backgrounds))
     rec = trainer.reconstruct(trainer.final_params(), imgs)
@@ -223,6 +231,7 @@ def stage_infinity(config, workdir: pathlib.Path) -> dict:
     cfg = infinity_config(config, workdir)
     trainer = Trainer(cfg, str(workdir / "infinity"))
     last = trainer.train()
+    _exit_if_stopped(trainer)
     state = trainer.state
     params = state["ema"] if "ema" in state else state["params"]
     transformer = trainer.md.merge(jax.device_get(params))

@@ -191,7 +191,7 @@ class TrainLoop:
 
     def run(self, task: Task, hooks: tuple[Hook, ...] = (), save_at: tuple[int, ...] = ()) -> dict:
         """Run (or resume) to ``settings.total_steps``; returns the last logged metrics."""
-        self.stopped_by = None
+        self.stopped_by, self.last, self.state = None, {}, None
         lock = None
         if self.workdir and jax.process_index() == 0 and "://" not in self.workdir:
             lock = WorkdirLock(self.workdir).acquire()
@@ -264,7 +264,8 @@ class TrainLoop:
                             logger.write(step, out, line=h.line(step, out) if h.line else None)
                             self.last.update(out)
                 stop = stop_signals.requested()
-                if ckpt and (s.checkpoint_every and step % s.checkpoint_every == 0 or step == total or step in save_at or stop):
+                cadence = bool(s.checkpoint_every) and step % s.checkpoint_every == 0
+                if ckpt and (cadence or step == total or step in save_at or stop):
                     flush()
                     if guard.diverged:
                         break

@@ -23,7 +23,8 @@ learned absolute position embeddings (``T5Config.absolute_positions``).
 :func:`pretrain_encoder` runs through the one training loop
 (:class:`infinity_jax.training.loop.TrainLoop`, no workdir: nothing is checkpointed, SIGINT / SIGTERM
 stop it without saving, a diverged run stops with :class:`~infinity_jax.training.loop.DivergedError`),
-updates a Hugging Face T5 folder in place (``model.safetensors``) and writes ``pretrain.json`` with its losses and masked-token accuracy on a held-out set of captions.
+updates a Hugging Face T5 folder in place (``model.safetensors``) and writes ``pretrain.json`` with
+its losses and masked-token accuracy on a held-out set of captions.
 """
 from __future__ import annotations
 

@@ -588,7 +588,8 @@ class Trainer:
         def step(state, host, n):
             state, metrics = self.compiled_step(int(host["bucket"]))(state, self.vae_params, self.device_batch(host))
             if run["batch_log"] is not None:
-                run["batch_log"].write(json.dumps({"step": n, "batch": int(host["batch"]), "bucket": int(host["bucket"]),
+                run["batch_log"].write(json.dumps({"step": n, "batch": int(host["batch"]),
+                                                   "bucket": int(host["bucket"]),
                                                    "index": [int(x) for x in host["index"]]}) + "\n")
             return state, metrics
 
