@@ -47,3 +47,24 @@ def test_sigint_and_sigterm_save_and_resume(tmp_path):
     assert sorted(m) == list(range(1, 9))
     for s in range(1, 9):
         assert m[s]["loss"] == ref[s]["loss"], (s, m[s]["loss"], ref[s]["loss"])
+
+
+def test_tokenizer_trainer_sigterm_saves_and_resumes(tmp_path):
+    """The tokenizer trainer runs through the same loop: SIGTERM saves the step reached, exits with
+    ``128 + SIGTERM`` without exporting, and the same command resumes from that step and exports."""
+    run = tmp_path / "tok"
+    cmd = [sys.executable, "-m", "infinity_jax.train_tokenizer",
+           "--config=configs/tokenizer.py:preset=shapes,runlocal=True", f"--workdir={run}", "--config.total_steps=400", "--config.checkpoint.every=100",
+           "--config.log.tensorboard=False", "--config.eval.num_images=0"]
+    rc, out, err = _stop_at(cmd, run, signal.SIGTERM, 2)
+    assert rc == 128 + signal.SIGTERM, (rc, out[-2000:], err[-3000:])
+    assert "Traceback" not in err and "stopped by SIGTERM" in out, err[-3000:]
+    steps = sorted(int(d.name) for d in (run / "checkpoints").iterdir() if d.name.isdigit())
+    assert len(steps) == 1 and 2 <= steps[0] < 400, steps
+    assert not (run / "tokenizer.safetensors").exists()
+    resume = [a if not a.startswith("--config.total_steps") else f"--config.total_steps={steps[0] + 2}" for a in cmd]
+    done = subprocess.run(resume, env=subprocess_env(1), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {run / 'checkpoints'}/{steps[0]}" in done.stdout
+    assert (run / "tokenizer.safetensors").is_file()
+    assert sorted(read_metrics(run)) == list(range(1, steps[0] + 3))
