@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from infinity_jax.text import TextEncoder
-from infinity_jax.text.train_tokenizer import build_tiny_t5
+from infinity_jax.tools.train_sentencepiece import build_tiny_t5
 
 PROMPTS = ["a cat", "", "a photo of the old woman wearing a hat in the snow, detailed realistic", "東京 夜景 🐱"]
 
@@ -95,7 +95,7 @@ def test_absolute_positions(tmp_path, shapes_spiece):
 
     from infinity_jax.text.convert import expected_shapes, from_state_dict, load_model, to_state_dict
     from infinity_jax.text.t5 import T5Config
-    from infinity_jax.text.train_tokenizer import TINY_CONFIG
+    from infinity_jax.tools.train_sentencepiece import TINY_CONFIG
 
     cfg = dataclasses.replace(TINY_CONFIG, absolute_positions=8)
     folder = build_tiny_t5(tmp_path / "t5", spiece_model=shapes_spiece, config=cfg, seed=0)
