@@ -21,8 +21,9 @@ from typing import Iterable, Iterator
 import numpy as np
 from absl import app, flags
 
-from infinity_jax.text.convert import expected_shapes, from_state_dict, save_pretrained
-from infinity_jax.text.t5 import T5Config
+from infinity_jax.text.config import T5Config
+from infinity_jax.text.convert import expected_shapes, save_pretrained
+from infinity_jax.text.t5 import from_state_dict
 
 #: Width/depth of the tiny encoder (vocab_size is set from the trained tokenizer).
 TINY_CONFIG = T5Config(vocab_size=1100, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,

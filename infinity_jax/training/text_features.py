@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from infinity_jax.data.records import CorruptRecord
 from infinity_jax.data.text_features import open_features
 from infinity_jax.sharding import make_mesh, state_shardings
-from infinity_jax.text.convert import load_model
+from infinity_jax.text.t5 import load as load_t5
 from infinity_jax.text.tokenize import T5Tokenizer
 
 
@@ -93,7 +93,7 @@ class OnlineT5:
         self.mesh = mesh if mesh is not None else make_mesh({"data": 1}, devices=jax.devices()[:1])
         self.tokenizer = T5Tokenizer.from_folder(folder, max_length=self.max_len)
         with jax.default_device(jax.local_devices(backend="cpu")[0]):
-            model = load_model(folder, dtype=self.dtype, param_dtype=self.dtype)
+            model = load_t5(folder, dtype=self.dtype, param_dtype=self.dtype)
         self.config = model.cfg
         graphdef, state = nnx.split(model)
         shardings = state_shardings(state, self.mesh)

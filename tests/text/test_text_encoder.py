@@ -93,13 +93,14 @@ def test_absolute_positions(tmp_path, shapes_spiece):
 
     import jax.numpy as jnp
 
-    from infinity_jax.text.convert import expected_shapes, from_state_dict, load_model, to_state_dict
-    from infinity_jax.text.t5 import T5Config
+    from infinity_jax.text.config import T5Config
+    from infinity_jax.text.convert import expected_shapes, to_state_dict
+    from infinity_jax.text.t5 import from_state_dict, load
     from infinity_jax.tools.train_sentencepiece import TINY_CONFIG
 
     cfg = dataclasses.replace(TINY_CONFIG, absolute_positions=8)
     folder = build_tiny_t5(tmp_path / "t5", spiece_model=shapes_spiece, config=cfg, seed=0)
-    model = load_model(folder)
+    model = load(folder)
     assert expected_shapes(model.cfg)["encoder.embed_positions.weight"] == (8, cfg.d_model)
     assert "encoder.embed_positions.weight" not in expected_shapes(TINY_CONFIG)
     enc = TextEncoder.load(folder)
