@@ -51,12 +51,12 @@ from infinity_jax.eval import prefix_replay as PR
 from infinity_jax.eval import shapes_eval as E
 from infinity_jax.eval.shapes_eval import render_heldout
 from infinity_jax.sampling.pipeline import Pipeline, strip
+from infinity_jax.text.config import T5Config
 from infinity_jax.text.pretrain import pretrain_encoder
-from infinity_jax.text.t5 import T5Config
 from infinity_jax.text.tokenize import T5Tokenizer
-from infinity_jax.text.train_tokenizer import build_tiny_t5, train_sentencepiece
 from infinity_jax.tokenizer import VAEConfig
 from infinity_jax.tokenizer import load as load_vae
+from infinity_jax.tools.train_sentencepiece import build_tiny_t5, train_sentencepiece
 from infinity_jax.training import tokenizer_losses as TL
 from infinity_jax.training.tokenizer_trainer import TokenizerTrainer
 from infinity_jax.training.trainer import Trainer
