@@ -39,6 +39,7 @@ from infinity_jax.data.synthetic import SyntheticSource
 from infinity_jax.data.tfds_source import TFDSSource
 from infinity_jax.sharding import make_mesh
 from infinity_jax.tokenizer import Encoder, VAEConfig, convert as vae_convert
+from infinity_jax.tokenizer.pixels import from_uint8
 from infinity_jax.training import compile_report, state as st
 from infinity_jax.training.checkpoint import Checkpointer, restore_params
 from infinity_jax.training.metrics import MetricsLogger, peak_tflops, scalar_metrics
@@ -426,7 +427,7 @@ class Trainer:
         """The frozen tokenizer's features of uint8 ``images (B, H, W, 3)`` -> ``(B, h, w, d)`` float32
         (a pure function: jit it, or call it inside a step; used by validation and sweeps too)."""
         enc = self.vae_md.merge(vae_params)
-        x = images.astype(jnp.float32) / 127.5 - 1.0
+        x = from_uint8(images)
         return enc(x.astype(jnp.dtype(self.vcfg.dtype))).astype(jnp.float32)
 
     def teacher_forcing(self, feats, scales, key):

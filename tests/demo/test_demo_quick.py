@@ -35,16 +35,15 @@ def _run(args, timeout):
 
 def _reconstruction_score(work, cfg) -> float:
     """The evaluator on the bundle tokenizer's reconstructions of the held-out true renders (seed 0)."""
-    import jax.numpy as jnp
-
     from infinity_jax.eval import shapes_eval as E
-    from infinity_jax.sampling.pipeline import Pipeline, to_uint8
+    from infinity_jax.sampling.pipeline import Pipeline
     from infinity_jax.schedules import tokenizer_schedule
+    from infinity_jax.tokenizer.pixels import from_uint8, to_uint8
 
     pipe = Pipeline.from_checkpoint(work / "bundle")
     imgs, specs = E.render_heldout(cfg["image_size"], [0], cfg["data"]["style"], cfg["data"]["backgrounds"])
     grids = tokenizer_schedule(pipe.schedule_for(1.0), pipe.transformer.cfg.apply_spatial_patchify)
-    rec = pipe.tokenizer(jnp.asarray(imgs, jnp.float32) / 127.5 - 1, schedule=grids)
+    rec = pipe.tokenizer(from_uint8(imgs), schedule=grids)
     return E.evaluate(to_uint8(rec), specs)["overall"]
 
 
