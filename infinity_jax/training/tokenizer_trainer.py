@@ -22,7 +22,6 @@ are written under their official names to ``WORKDIR/tokenizer.safetensors`` with
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from infinity_jax.data.bucketing import Bucket
 from infinity_jax.data.pipeline import DataPipeline
 from infinity_jax.data.records import decode_image, resize_center_crop
+from infinity_jax.data.sources import build_source, resolve_factory
 from infinity_jax.schedules import normalize_schedule
 from infinity_jax.sharding import make_mesh
 from infinity_jax.tokenizer import BSQVAE, VAEConfig, init
@@ -49,7 +49,6 @@ from infinity_jax.tokenizer.vae import ResnetBlock
 from infinity_jax.training import tokenizer_losses as TL
 from infinity_jax.training.checkpoint import Checkpointer
 from infinity_jax.training.metrics import MetricsLogger
-from infinity_jax.training.trainer import build_source
 
 log = logging.getLogger(__name__)
 
@@ -357,8 +356,7 @@ class TokenizerTrainer:
         if not int(e.num_images):
             return None
         if e.factory:
-            mod, _, fn = str(e.factory).partition(":")
-            imgs = getattr(importlib.import_module(mod), fn)(**dict(e.factory_kwargs))
+            imgs = resolve_factory(e.factory, "config.eval.factory")(**dict(e.factory_kwargs))
             return np.asarray(imgs[: int(e.num_images)], np.uint8)
         return None
 
