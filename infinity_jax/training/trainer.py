@@ -35,7 +35,7 @@ from infinity_jax.config_files import ConfigError
 from infinity_jax.data.bucketing import Bucket, make_buckets
 from infinity_jax.data.pipeline import DataPipeline
 from infinity_jax.data.sources import build_source, resolve_data_source
-from infinity_jax.sharding import make_mesh
+from infinity_jax.sharding import batch_axes, make_mesh
 from infinity_jax.tokenizer import Encoder, VAEConfig, convert as vae_convert
 from infinity_jax.tokenizer.pixels import from_uint8
 from infinity_jax.training import compile_report, state as st
@@ -220,7 +220,7 @@ class Trainer:
         self.workdir = workdir
         self.mesh = mesh if mesh is not None else self._mesh()
         self.n_devices = self.mesh.size
-        self.batch_axes = tuple(a for a in ("data", "fsdp") if self.mesh.shape.get(a, 1) > 1)
+        self.batch_axes = batch_axes(self.mesh)
         shards = int(np.prod([self.mesh.shape[a] for a in self.batch_axes])) if self.batch_axes else 1
         self.global_batch = int(c.batch_size)
         if self.global_batch % shards:
