@@ -11,7 +11,6 @@ import pathlib
 import time
 from typing import Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
