@@ -315,7 +315,7 @@ def main(argv):
         _fail("--workdir is required (the folder for every output; a second run resumes)")
     try:
         config = load_config(F.config, F.quick, rest)
-    except config_files.ConfigError as e:
+    except ValueError as e:  # config_files.ConfigError, or a bad argument of the config file
         _fail(str(e))
     logging.getLogger().setLevel(logging.INFO)
     absl_logging.set_verbosity(absl_logging.INFO)
