@@ -54,7 +54,13 @@ def main(argv) -> None:
     from infinity_jax.training.trainer import ConfigError, DivergedError, Trainer  # noqa: PLC0415
     from infinity_jax.training.workdir_lock import WorkdirLockedError  # noqa: PLC0415
 
-    config = _CONFIG.value
+    try:  # a config file that failed to load raises on first use
+        config = _CONFIG.value
+        if config is not None:
+            config.keys()
+    except Exception as e:  # noqa: BLE001 - a missing or failing config file: one line
+        print(f"error: {_config_error(sys.argv, e)}", file=sys.stderr)
+        sys.exit(2)
     if config is None:
         raise app.UsageError("--config is required, e.g. --config configs/infinity.py:size=tiny,runlocal=True")
     logging.getLogger().setLevel(logging.INFO)
@@ -100,6 +106,8 @@ def _config_error(argv: list[str], err: Exception) -> str:
         return str(err).splitlines()[0]
     try:
         config = config_files.load(spec)
+    except config_files.ConfigError as e:
+        return str(e)
     except Exception as e:  # noqa: BLE001 - the config file itself fails
         return f"cannot load --config {spec}: {type(e).__name__}: {e}"
     bad = []
