@@ -130,7 +130,7 @@ def _config_error(argv: list[str], err: Exception) -> str:
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
         print(f"error: {_config_error(argv, e)}", file=sys.stderr)
         sys.exit(2)
 
