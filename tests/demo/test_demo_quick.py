@@ -117,7 +117,7 @@ def test_demo_resumes_after_a_stopped_stage(tmp_path):
 def test_demo_user_mistakes_get_one_line_errors(tmp_path):
     """A missing config file or an unknown override is a usage error, not a traceback."""
     for args, needle in ((["--config", str(tmp_path / "nope.py")], "not found"),
-                         (["--config.infinity.no_such_field=3"], "no such field"),
+                         (["--config.infinity.no_such_field=3"], "config.infinity.no_such_field: no such key"),
                          ([], "--workdir is required")):
         cmd = [sys.executable, "-m", "infinity_jax.demo", *args]
         if "--workdir" not in needle:
