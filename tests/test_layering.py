@@ -14,7 +14,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "infinity_jax"
 # lowest first; a module's layer is that of its longest listed name under infinity_jax/ (a folder, a
 # file, or a module inside a folder: tools/ holds commands and two helper tables that import nothing)
 LAYERS = [
-    ("foundations", {"__init__", "schedules", "sharding", "state_dict", "tools.tpu", "tools.hlo_stats"}),
+    ("foundations", {"__init__", "config_files", "schedules", "sharding", "state_dict", "tools.tpu",
+                     "tools.hlo_stats"}),
     ("models", {"tokenizer", "text", "transformer"}),
     ("data and bundles", {"data", "bundle"}),
     ("loops", {"sampling", "training", "eval"}),

@@ -44,7 +44,7 @@ def train_size(size_dir: str, *, validator_factory=None) -> list[dict]:
         return [done[k] for k in sorted(done)]
     trainer = Trainer(cfg, size_dir)
     vcfg = cfg.validation
-    validator = (validator_factory or Validator)(trainer, vcfg)
+    validator = (validator_factory or Validator.for_trainer)(trainer, vcfg)
     train_s = 0.0
     for pt in todo:
         steps = int(pt["steps"])
