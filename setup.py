@@ -50,6 +50,8 @@ setup(
             "infinity-run-fixture = infinity_jax.tools.run_fixture:main",
             "infinity-model-stats = infinity_jax.tools.model_stats:run",
             "infinity-write-shards = infinity_jax.data.writer:run",
+            "infinity-precompute-text = infinity_jax.tools.precompute_text:run",
+            "infinity-train-sentencepiece = infinity_jax.tools.train_sentencepiece:run",
             "infinity-prefix-replay = infinity_jax.eval.prefix_replay:main",
         ],
     },

@@ -27,6 +27,7 @@ import numpy as np
 
 from infinity_jax.schedules import get_schedule
 from infinity_jax.tokenizer import vae as V
+from infinity_jax.tokenizer.convert import load
 
 FIXTURE = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official-tiny"
 
@@ -37,7 +38,7 @@ def build(name: str, fast_upsample: bool):
         if man.exists():
             cfg = V.VAEConfig.from_official(json.loads(man.read_text())["config"]["vae"],
                                             fast_upsample=fast_upsample)
-            return V.load(FIXTURE / "weights_vae.npz", cfg), "fixture weights"
+            return load(FIXTURE / "weights_vae.npz", cfg), "fixture weights"
         cfg = V.VAEConfig(codebook_dim=32, base_ch=32, fast_upsample=fast_upsample)
         return V.init(cfg), "random init (fixture not found)"
     cfg = V.VAEConfig(fast_upsample=fast_upsample)

@@ -18,7 +18,6 @@ gives the per-device argument / output / temporary bytes, next to the parameter 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -26,6 +25,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+
+from infinity_jax import config_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZES = {
@@ -36,11 +37,8 @@ SIZES = {
 
 
 def make_config(size: str, args):
-    spec = importlib.util.spec_from_file_location("infinity_config", ROOT / "configs" / "infinity.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     arg, extra = SIZES[size]
-    c = mod.get_config(arg + f",pn={args.pn},data=synthetic,text=random")
+    c = config_files.load(f"{ROOT / 'configs' / 'infinity.py'}:{arg},pn={args.pn},data=synthetic,text=random")
     c.templates = (1.0,)
     c.model.dtype = args.dtype
     c.text.max_len = args.text_len
@@ -51,13 +49,7 @@ def make_config(size: str, args):
     c.checkpoint.update(every=10 ** 9, async_save=False)
     c.log.update(tensorboard=False, progress=False, peak_tflops=args.peak_tflops)
     c.mesh.update(data=1, fsdp=-1, tensor=1)
-    for key, value in extra.items():
-        node = c
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node[p]
-        node[parts[-1]] = value
-    return c
+    return config_files.apply_overrides(c, extra)
 
 
 def timing(size: str, args) -> dict:

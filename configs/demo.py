@@ -104,7 +104,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     i.tokenizer.update(checkpoint="", codebook_dim=16, patch_size=t.model.patch_size, base_ch=t.model.base_ch,
                        ch_mult=t.model.ch_mult, num_res_blocks=t.model.num_res_blocks, in_step=True)
     i.text.update(source="t5", t5_path="", max_len=16, short_caption_prob=0.0, dtype="float32")
-    i.data.update(source="factory", factory="infinity_jax.demo:shapes_source",
+    i.data.update(source="factory", factory="shapes",
                   factory_kwargs=dict(size=c.image_size, seed=0, length=200_000, style=c.data.style,
                                       backgrounds=c.data.backgrounds), num_threads=2, prefetch=2, workers=0)
     i.batch_size = 16

@@ -80,7 +80,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         dynamic_length_prompt=True, dtype="bfloat16"))
 
     # Data: ArrayRecord shards (infinity_jax.data.writer), a TFDS dataset, the synthetic source, or
-    # a 'module:callable' factory returning a random-access source.
+    # a factory returning a random-access source: a built-in name of infinity_jax.data.sources.FACTORIES
+    # ("shapes") or 'module:callable'.
     c.data = ml_collections.ConfigDict(dict(
         source=args.data, path="",
         tfds=dict(name="", data_dir="", split="train", image_key="image", caption_key="caption"),

@@ -67,7 +67,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         edge=dict(weight=0.0),
         perceptual=dict(weight=0.0, seed=1234),
         gan=dict(weight=0.0, start=20_000, lr=0.0, base_ch=64, n_layers=3)))
-    # Held-out PSNR: ``factory`` ('module:callable' returning uint8 images (N, H, W, 3)).
+    # Held-out PSNR: ``factory`` (a built-in name such as "shapes_heldout" or 'module:callable',
+    # returning uint8 images (N, H, W, 3); see infinity_jax.data.sources).
     c.eval = ml_collections.ConfigDict(dict(every=1000, num_images=0, factory="", factory_kwargs={}))
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=2, async_save=True))
     c.log = ml_collections.ConfigDict(dict(every=50, tensorboard=True, progress=True))
@@ -101,14 +102,14 @@ def shapes(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.update(codebook_dim=16, base_ch=48, ch_mult=(1, 2), num_res_blocks=1, patch_size=2)
     c.schedule = ((1, 1), (2, 2), (4, 4), (8, 8), (16, 16))
     c.crop = 0
-    c.data.update(source="factory", factory="infinity_jax.demo:shapes_source",
+    c.data.update(source="factory", factory="shapes",
                   factory_kwargs=dict(size=32, seed=0, length=200_000), num_threads=2, prefetch=2)
     c.batch_size = 8
     c.total_steps = 1200
     c.optim.update(lr=2e-4, warmup_steps=10, schedule="cosine", final_ratio=0.1, ema_decay=0.0)
     c.loss.update(l1=1.0, l2=1.0, commit=0.0)
     c.loss.edge.weight = 1.0
-    c.eval.update(every=400, num_images=86, factory="infinity_jax.demo:heldout_images",
+    c.eval.update(every=400, num_images=86, factory="shapes_heldout",
                   factory_kwargs=dict(size=32, seeds=1))
     c.checkpoint.update(every=200, keep=2)
     c.log.every = 100

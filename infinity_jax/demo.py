@@ -26,8 +26,6 @@ Outputs in ``WORKDIR``: ``tokenizer/`` (checkpoints, ``tokenizer.safetensors``, 
 """
 from __future__ import annotations
 
-import ast
-import importlib.util
 import json
 import logging
 import os
@@ -43,38 +41,24 @@ from absl import logging as absl_logging
 from PIL import Image
 from tqdm import tqdm
 
-from infinity_jax import bundle
+from infinity_jax import bundle, config_files
 from infinity_jax.data import shapes as S
-from infinity_jax.data.shapes import ShapesSource, caption_stream, heldout_prompts
+from infinity_jax.data.shapes import caption_stream, heldout_prompts
 from infinity_jax.demo_report import coarse_to_fine_figure, write_report, write_tensorboard
 from infinity_jax.eval import prefix_replay as PR
 from infinity_jax.eval import shapes_eval as E
-from infinity_jax.eval.shapes_eval import render_heldout
 from infinity_jax.sampling.pipeline import Pipeline, strip
-from infinity_jax.training.text_pretrain import pretrain_encoder
-from infinity_jax.text.t5 import T5Config
+from infinity_jax.text.config import T5Config
 from infinity_jax.text.tokenize import T5Tokenizer
-from infinity_jax.text.train_tokenizer import build_tiny_t5, train_sentencepiece
 from infinity_jax.tokenizer import VAEConfig
 from infinity_jax.tokenizer import load as load_vae
+from infinity_jax.tools.train_sentencepiece import build_tiny_t5, train_sentencepiece
 from infinity_jax.training import tokenizer_losses as TL
+from infinity_jax.training.text_pretrain import pretrain_encoder
 from infinity_jax.training.tokenizer_trainer import TokenizerTrainer
 from infinity_jax.training.trainer import Trainer
 
 STAGES = ("tokenizer", "text", "infinity", "generate")
-
-
-# ------------------------------------------------------------------------------- data factories --
-
-def shapes_source(size: int = 64, seed: int = 0, length: int = 200_000, style: str = "free", backgrounds=None):
-    """The training source of the demo (a finite window of the endless shapes stream)."""
-    return ShapesSource(size=int(size), seed=int(seed), length=int(length), spec_format=None, style=str(style),
-                        backgrounds=tuple(backgrounds) if backgrounds else None)
-
-
-def heldout_images(size: int = 64, seeds: int = 1, style: str = "free", backgrounds=None):
-    """True renders of the held-out prompts ``(86 * seeds, size, size, 3)`` uint8 (tokenizer PSNR)."""
-    return render_heldout(int(size), range(int(seeds)), str(style), tuple(backgrounds) if backgrounds else None)[0]
 
 
 # ------------------------------------------------------------------------------------- config --
@@ -83,46 +67,13 @@ def default_config_path() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 
 
-def load_config(spec: str | None, quick: bool):
-    """``path[:args]`` (default ``configs/demo.py``) -> ConfigDict; ``quick`` appends ``quick=True``."""
+def load_config(spec: str | None, quick: bool, overrides=()):
+    """``path[:args]`` (default ``configs/demo.py``) with ``--config.a.b=v`` ``overrides`` -> ConfigDict;
+    ``quick`` appends ``quick=True`` to the args."""
     path, _, arg = (spec or str(default_config_path())).partition(":")
-    p = pathlib.Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"demo config {p} not found (pass --config path/to/demo.py)")
     if quick:
         arg = ",".join(filter(None, [arg, "quick=True"]))
-    mod_spec = importlib.util.spec_from_file_location("_infinity_demo_config", p)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod.get_config(arg)
-
-
-def apply_overrides(config, argv: list[str]) -> list[str]:
-    """``--config.a.b=v`` arguments -> set on ``config`` (typed like the current value); returns the rest."""
-    rest = []
-    for a in argv:
-        if a.startswith("--config.") and "=" in a:
-            key, _, value = a[len("--config."):].partition("=")
-            node = config
-            *parents, leaf = key.split(".")
-            try:
-                for k in parents:
-                    node = node[k]
-                old = node[leaf]
-            except (KeyError, AttributeError, TypeError):
-                _fail(f"--config.{key}: no such field in the demo config")
-            try:
-                new = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                new = value
-            if isinstance(old, bool):
-                new = str(value).lower() in ("1", "true", "yes")
-            elif isinstance(old, (int, float)) and not isinstance(old, bool) and isinstance(new, (int, float)):
-                new = type(old)(new)
-            node[leaf] = new
-        else:
-            rest.append(a)
-    return rest
+    return config_files.load(f"{path}:{arg}" if arg else path, overrides)
 
 
 # ------------------------------------------------------------------------------------- stages --
@@ -356,8 +307,8 @@ def run(config, workdir: str | os.PathLike, stop_after: str | None = None) -> di
 
 
 def _define_flags() -> None:
-    """Flags of the command (defined only when run as a program: this module is also imported as the
-    data factory of the configs, and absl refuses to define a flag twice)."""
+    """Flags of the command (defined only when run as a program: tests import this module, and absl
+    refuses to define a flag twice)."""
     flags.DEFINE_string("workdir", None, "Output folder (created; a second run resumes).")
     flags.DEFINE_bool("quick", False, "A few-minute run with the same outputs (CI).")
     flags.DEFINE_string("config", None, "Config file[:args] (default: configs/demo.py of this checkout).")
@@ -372,10 +323,9 @@ def main(argv):
     if not F.workdir:
         _fail("--workdir is required (the folder for every output; a second run resumes)")
     try:
-        config = load_config(F.config, F.quick)
-    except (FileNotFoundError, ValueError) as e:
+        config = load_config(F.config, F.quick, rest)
+    except ValueError as e:  # config_files.ConfigError, or a bad argument of the config file
         _fail(str(e))
-    apply_overrides(config, rest)
     logging.getLogger().setLevel(logging.INFO)
     absl_logging.set_verbosity(absl_logging.INFO)
     for noisy in ("absl", "orbax", "jax._src", "grain", "jax"):
@@ -384,7 +334,7 @@ def main(argv):
 
 
 def _flags_parser(args):
-    """absl's parser, leaving ``--config.x=y`` overrides for :func:`apply_overrides`."""
+    """absl's parser, leaving ``--config.x=y`` overrides for :func:`load_config`."""
     cfg_args = [a for a in args[1:] if a.startswith("--config.")]
     other = [args[0]] + [a for a in args[1:] if not a.startswith("--config.")]
     return flags.FLAGS(other) + cfg_args

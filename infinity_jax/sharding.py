@@ -171,6 +171,11 @@ def make_mesh(shape: dict[str, int] | Sequence[int] | None = None, devices=None)
                 axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes a batch is split over: ``data`` and ``fsdp``, those of size > 1."""
+    return tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1)
+
+
 def _mesh_active() -> bool:
     """Whether a mesh of more than one device is set (``jax.set_mesh``)."""
     mesh = jax.sharding.get_abstract_mesh() if hasattr(jax.sharding, "get_abstract_mesh") else None

@@ -18,6 +18,8 @@ import sys
 from absl import app, flags, logging as absl_logging
 from ml_collections import config_flags
 
+from infinity_jax import config_files
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (file.py:args).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and TensorBoard logs.")
@@ -53,7 +55,13 @@ def main(argv) -> None:
     from infinity_jax.training.trainer import ConfigError, Trainer  # noqa: PLC0415
     from infinity_jax.training.workdir_lock import WorkdirLockedError  # noqa: PLC0415
 
-    config = _CONFIG.value
+    try:  # a config file that failed to load raises on first use
+        config = _CONFIG.value
+        if config is not None:
+            config.keys()
+    except Exception as e:  # noqa: BLE001 - a missing or failing config file: one line
+        print(f"error: {_config_error(sys.argv, e)}", file=sys.stderr)
+        sys.exit(2)
     if config is None:
         raise app.UsageError("--config is required, e.g. --config configs/infinity.py:size=tiny,runlocal=True")
     logging.getLogger().setLevel(logging.INFO)
@@ -90,16 +98,6 @@ def main(argv) -> None:
         sys.exit(3)
 
 
-def _load_config_file(spec: str):
-    import importlib.util  # noqa: PLC0415
-
-    path, _, arg = spec.partition(":")
-    mod_spec = importlib.util.spec_from_file_location("_infinity_config", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod.get_config(arg) if arg else mod.get_config()
-
-
 def _config_error(argv: list[str], err: Exception) -> str:
     """A one-paragraph message for a bad --config file, argument or --config.key override."""
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
@@ -108,7 +106,9 @@ def _config_error(argv: list[str], err: Exception) -> str:
     if spec is None:
         return str(err).splitlines()[0]
     try:
-        config = _load_config_file(spec)
+        config = config_files.load(spec)
+    except config_files.ConfigError as e:
+        return str(e)
     except Exception as e:  # noqa: BLE001 - the config file itself fails
         return f"cannot load --config {spec}: {type(e).__name__}: {e}"
     bad = []
@@ -131,7 +131,7 @@ def _config_error(argv: list[str], err: Exception) -> str:
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
         print(f"error: {_config_error(argv, e)}", file=sys.stderr)
         sys.exit(2)
 

@@ -540,8 +540,38 @@ def heldout_prompts() -> list[tuple[str, dict, str]]:
     return [(c, json.loads(s), cat) for c, s, cat in _heldout()]
 
 
+def render_heldout(size: int = 64, seeds: Sequence[int] = (0,), style: str = "free",
+                   backgrounds: Sequence[str] | None = None) -> tuple[np.ndarray, list[dict]]:
+    """True renders of every held-out prompt for each seed: images ``(P*len(seeds), size, size, 3)``
+    uint8 and their specs (prompt-major, seed-minor); ``style``, ``backgrounds`` as :func:`layout`."""
+    imgs, specs = [], []
+    for p, (_, spec, _) in enumerate(heldout_prompts()):
+        for seed in seeds:
+            imgs.append(render(spec, size, seed=1000 * p + int(seed), style=style, backgrounds=backgrounds))
+            specs.append(spec)
+    return np.stack(imgs), specs
+
+
+# ------------------------------------------------------------------------- config factories --
+
+def shapes_source(size: int = 64, seed: int = 0, length: int = 200_000, style: str = "free",
+                  backgrounds: Sequence[str] | None = None) -> ShapesSource:
+    """A finite window of the endless stream without specs (the demo's training source; the data
+    factory ``"shapes"`` of :mod:`infinity_jax.data.sources`)."""
+    return ShapesSource(size=int(size), seed=int(seed), length=int(length), spec_format=None, style=str(style),
+                        backgrounds=tuple(backgrounds) if backgrounds else None)
+
+
+def heldout_images(size: int = 64, seeds: int = 1, style: str = "free",
+                   backgrounds: Sequence[str] | None = None) -> np.ndarray:
+    """True renders of the held-out prompts ``(86 * seeds, size, size, 3)`` uint8 (a tokenizer's
+    held-out PSNR set; the image factory ``"shapes_heldout"`` of :mod:`infinity_jax.data.sources`)."""
+    return render_heldout(int(size), range(int(seeds)), str(style), tuple(backgrounds) if backgrounds else None)[0]
+
+
 __all__ = [
     "SHAPES", "COLORS", "BACKGROUNDS", "CATEGORIES", "RELATIONS", "HELDOUT_PAIRS", "HELDOUT_SINGLE",
     "HELDOUT_SHAPE_PAIRS", "ShapesSource", "sample", "sample_prompt", "caption_stream", "caption_for",
     "make_spec", "prompt_spec", "is_heldout", "layout", "render", "shape_mask", "heldout_prompts",
+    "render_heldout", "shapes_source", "heldout_images",
 ]

@@ -17,7 +17,7 @@ Output folder:
 Images are stored as their original encoded bytes (no re-encoding). With ``--verify`` (default) an
 image that cannot be decoded, or a line without caption, is skipped and reported; with
 ``--no_verify`` it is written anyway (the training pipeline skips it then). ``--t5_features``
-embeds the features precomputed by ``python -m infinity_jax.text.precompute`` (the ``X.t5/`` folder
+embeds the features precomputed by ``python -m infinity_jax.tools.precompute_text`` (the ``X.t5/`` folder
 beside each JSONL) into the records.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ import numpy as np
 from absl import app, flags
 
 from infinity_jax.data.records import CorruptRecord, decode_image, encode_example, image_size
+from infinity_jax.data.text_features import open_features
 
 INDEX = "index.json"
 ASPECTS = "h_div_w.npy"
@@ -80,9 +81,6 @@ def write_shards(captions: str | os.PathLike, images: str | os.PathLike | None, 
     out.mkdir(parents=True, exist_ok=True)
     readers = {}
     if t5_features:
-        # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
-        from infinity_jax.text.precompute import open_features  # noqa: PLC0415
-
         readers = {f: open_features(f) for f in files}
 
     # Pass 1: read lines, check images, collect what to write (bytes stay on disk until pass 2).

@@ -36,10 +36,8 @@ def prefix_replay_scores(pipe, prompts: Sequence[str], specs: Sequence[dict], im
       one dict per k: ``{"replayed_scales": k, "overall": float, "per_category": {...}}``.
     """
     # deferred so that --help and flag errors need no jax (0.2 s instead of 7 s)
-    import jax.numpy as jnp  # noqa: PLC0415
-
-    from infinity_jax.sampling.pipeline import to_uint8  # noqa: PLC0415
     from infinity_jax.schedules import tokenizer_schedule  # noqa: PLC0415
+    from infinity_jax.tokenizer.pixels import from_uint8, to_uint8  # noqa: PLC0415
 
     if not (len(prompts) == len(specs) == len(images)):
         raise ValueError(f"{len(prompts)} prompts, {len(specs)} specs and {len(images)} images: need one of each")
@@ -50,7 +48,7 @@ def prefix_replay_scores(pipe, prompts: Sequence[str], specs: Sequence[dict], im
     gen = [[] for _ in range(K + 1)]
     for st in range(0, len(prompts), batch):
         sl = slice(st, st + batch)
-        x = jnp.asarray(images[sl], jnp.float32) / 127.5 - 1.0
+        x = from_uint8(images[sl])
         _, bits = pipe.tokenizer.encode(x, schedule=grids)
         feats, mask = pipe.encode_prompts(list(prompts[sl]))
         seeds = np.arange(seed + st, seed + st + len(x))

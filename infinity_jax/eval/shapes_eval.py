@@ -39,6 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from infinity_jax.data import shapes as S
+from infinity_jax.data.shapes import render_heldout
 
 _PALETTE = np.array([S.COLORS[c] for c in S.COLORS], np.float32)          # (K, 3)
 _COLOR_NAMES = tuple(S.COLORS)
@@ -236,18 +237,6 @@ def write_report(result: dict, out_dir: str | os.PathLike, name: str = "shapes_e
 
 
 # --------------------------------------------------------------------------- reference images --
-
-def render_heldout(size: int = 64, seeds: Sequence[int] = (0,), style: str = "free",
-                   backgrounds: Sequence[str] | None = None) -> tuple[np.ndarray, list[dict]]:
-    """True renders of every held-out prompt for each seed: images ``(P*len(seeds), size, size, 3)``
-    uint8 and their specs (prompt-major, seed-minor); ``style``, ``backgrounds`` as ``shapes.layout``."""
-    imgs, specs = [], []
-    for p, (_, spec, _) in enumerate(S.heldout_prompts()):
-        for seed in seeds:
-            imgs.append(S.render(spec, size, seed=1000 * p + int(seed), style=style, backgrounds=backgrounds))
-            specs.append(spec)
-    return np.stack(imgs), specs
-
 
 def noise_images(kind: str, n: int, size: int = 64, seed: int = 0) -> np.ndarray:
     """Baseline images ``(n, size, size, 3)`` uint8: ``"uniform"`` (i.i.d. random pixels) or

@@ -20,24 +20,28 @@ so callers can bootstrap over the held-out images.
 
 Entry points: :func:`validation_batch` (a model, tokenizer features, text features -> per-image
 metrics, jit-able), :func:`summarize` (per-image metrics -> means and standard errors) and
-:class:`Validator` (a held-out set from a trainer config, evaluated for any parameters of that
-trainer's model).
+:class:`Validator` (a model definition, a held-out set, a mesh and a frozen tokenizer: metrics for
+any parameters of that model; :meth:`Validator.for_trainer` builds one from a trainer and its
+``config.validation``).
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from infinity_jax.data.bucketing import BatchPlan
 from infinity_jax.data.pipeline import BatchLoader
+from infinity_jax.data.sources import build_source
 from infinity_jax.schedules import scale_offsets
-from infinity_jax.training.trainer import build_source
+from infinity_jax.sharding import batch_axes
+from infinity_jax.training.state import ModelDef
 from infinity_jax.transformer.loss import bit_cross_entropy, predicted_bits, scale_weights
 from infinity_jax.transformer.self_correction import flip_requant
 
@@ -167,13 +171,15 @@ class HeldOutSet:
         return int(len(self.images))
 
 
-def validation_source(trainer, vcfg):
-    """The held-out source of a ``config.validation`` section, built like the training data.
+def validation_source(data, vcfg):
+    """The held-out source of a ``config.validation`` section, built like the training data ``data``
+    (a ``config.data`` section) with the section's source settings.
 
-    ``vcfg.source``: ``factory`` (``vcfg.factory`` 'module:callable' with ``vcfg.factory_kwargs``),
+    ``vcfg.source``: ``factory`` (``vcfg.factory``, a built-in name or 'module:callable', with
+    ``vcfg.factory_kwargs``),
     ``arrayrecord`` (``vcfg.path``), ``tfds`` (``vcfg.tfds``) or ``synthetic``.
     """
-    c = ml_collections.ConfigDict({"data": trainer.config.data.to_dict()})
+    c = ml_collections.ConfigDict({"data": data.to_dict()})
     d = c.data
     d.source = str(vcfg.get("source", "factory"))
     if d.source == "factory":
@@ -195,7 +201,7 @@ def build_heldout(trainer, vcfg) -> HeldOutSet:
     ``vcfg.h_div_w``, default 1.0), so the per-scale metrics are over the same scales; captions are
     the full ones (official ``short_prob=0``), their features from the trainer's text source.
     """
-    source = validation_source(trainer, vcfg)
+    source = validation_source(trainer.config.data, vcfg)
     n = min(int(vcfg.num_images), len(source))
     if n < 1:
         raise ValueError("the validation set is empty")
@@ -227,24 +233,51 @@ class _Ordered:
         return self.source[int(i)]
 
 
+def trainer_encoder(trainer) -> Callable[[Iterable[jax.Array]], list[jax.Array]]:
+    """``trainer``'s frozen tokenizer as a :class:`Validator` encoder: loads its weights, encodes every
+    batch (uint8 ``(B, H, W, 3)``, batch-sharded) to features ``(B, h, w, d)`` with the trainer's own
+    preprocessing, and lets the weights go."""
+    enc = jax.jit(trainer.encode_images, in_shardings=(trainer.vae_md.shardings, trainer.batch_sharding),
+                  out_shardings=trainer.batch_sharding)
+
+    def encode(batches: Iterable[jax.Array]) -> list[jax.Array]:
+        vae = trainer.load_tokenizer()
+        return [enc(vae, b) for b in batches]
+
+    return encode
+
+
 class Validator:
-    """Evaluates parameters of ``trainer``'s model on a held-out set (see the module docstring).
+    """Evaluates parameters of one model on a held-out set (see the module docstring).
 
     The tokenizer features of the held-out images are computed once (the tokenizer is frozen) and
-    reused for every call. ``batch_size`` must be divisible by the trainer's data shards.
+    reused for every call. The batch is split over the mesh's ``data`` and ``fsdp`` axes; ``batch_size``
+    is rounded to a multiple of their size.
     """
 
-    def __init__(self, trainer, vcfg, heldout: HeldOutSet | None = None):
-        self.trainer = trainer
-        self.vcfg = vcfg
+    def __init__(self, model: ModelDef, heldout: HeldOutSet, mesh: Mesh, vcfg, *,
+                 encode: Callable[[Iterable[jax.Array]], list[jax.Array]]):
+        """
+        Args:
+          model: the transformer's definition on ``mesh`` (``merge(params)``, parameter ``shardings``).
+          heldout: the held-out set (:func:`build_heldout`).
+          mesh: the device mesh of ``model``.
+          vcfg: the ``config.validation`` settings: ``strength``, ``apply_layers``, ``requant``,
+            ``fixed_strength``, ``seed``, ``batch_size`` (defaults: the official ones).
+          encode: the frozen tokenizer: image batches (uint8 ``(B, H, W, 3)``, batch-sharded) -> their
+            features ``(B, h, w, d)``; called once, on first use (:func:`trainer_encoder`).
+        """
+        self.model, self.heldout, self.mesh, self.vcfg, self.encode = model, heldout, mesh, vcfg, encode
         self.strength = float(vcfg.get("strength", VAL_STRENGTH))
         self.apply_layers = int(vcfg.get("apply_layers", VAL_APPLY_LAYERS))
         self.requant = bool(vcfg.get("requant", True))
         self.fixed = bool(vcfg.get("fixed_strength", False))
         self.seed = int(vcfg.get("seed", 0))
-        self.heldout = heldout if heldout is not None else build_heldout(trainer, vcfg)
-        n = len(self.heldout)
-        shards = int(np.prod([trainer.mesh.shape[a] for a in trainer.batch_axes])) if trainer.batch_axes else 1
+        axes = batch_axes(mesh)
+        self.batch_sharding = NamedSharding(mesh, P(axes if axes else None))
+        self.replicated = NamedSharding(mesh, P())
+        n = len(heldout)
+        shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
         bs = min(int(vcfg.get("batch_size", 32)), n)
         bs = max(shards, bs // shards * shards)
         if n % bs:
@@ -257,11 +290,17 @@ class Validator:
         self._features: list | None = None
         self._fn = None
 
+    @classmethod
+    def for_trainer(cls, trainer, vcfg, heldout: HeldOutSet | None = None) -> Validator:
+        """The validator of ``trainer``'s model, mesh and frozen tokenizer; the held-out set from
+        ``vcfg`` (:func:`build_heldout`) unless given."""
+        heldout = heldout if heldout is not None else build_heldout(trainer, vcfg)
+        return cls(trainer.md, heldout, trainer.mesh, vcfg, encode=trainer_encoder(trainer))
+
     def _put(self, rows: np.ndarray):
-        t = self.trainer
         P_, p = jax.process_count(), jax.process_index()
         local = rows.shape[0] // P_
-        return jax.make_array_from_process_local_data(t.batch_sharding, rows[p * local:(p + 1) * local])
+        return jax.make_array_from_process_local_data(self.batch_sharding, rows[p * local:(p + 1) * local])
 
     def _batches(self):
         h = self.heldout
@@ -269,37 +308,28 @@ class Validator:
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             yield i, sl, h
 
-    def _encoder(self):
-        """The trainer's frozen tokenizer encoder (its own preprocessing), jitted for the validation batch."""
-        t = self.trainer
-        encode = t.encode_images
-        return jax.jit(encode, in_shardings=(t.vae_md.shardings, t.batch_sharding), out_shardings=t.batch_sharding)
-
     def features(self) -> list:
         """Tokenizer features of every batch (computed on first use)."""
         if self._features is None:
-            t = self.trainer
-            vae = t.load_tokenizer()
-            enc = self._encoder()
-            with jax.set_mesh(t.mesh):
-                self._features = [enc(vae, self._put(np.asarray(h.images[sl], np.uint8)))
-                                  for _, sl, h in self._batches()]
+            with jax.set_mesh(self.mesh):
+                self._features = self.encode(self._put(np.asarray(h.images[sl], np.uint8))
+                                             for _, sl, h in self._batches())
         return self._features
 
     def _eval_fn(self):
         if self._fn is None:
-            t = self.trainer
+            md = self.model
             scales = self.heldout.scales
             kw = dict(strength=self.strength, apply_layers=self.apply_layers, requant=self.requant, fixed=self.fixed)
             seed = self.seed
 
             def fn(params, text, mask, feats, idx):
-                model = t.md.merge(params)
+                model = md.merge(params)
                 keys = sample_keys(seed, idx) if self.strength > 0 else None
                 return validation_batch(model, text, mask, feats, scales, keys, **kw)
 
-            self._fn = jax.jit(fn, in_shardings=(t.md.shardings,) + (t.batch_sharding,) * 4,
-                               out_shardings=t.replicated)
+            self._fn = jax.jit(fn, in_shardings=(md.shardings,) + (self.batch_sharding,) * 4,
+                               out_shardings=self.replicated)
         return self._fn
 
     def __call__(self, params) -> dict:
@@ -308,7 +338,7 @@ class Validator:
         feats = self.features()
         outs = []
         t0 = time.perf_counter()
-        with jax.set_mesh(self.trainer.mesh):
+        with jax.set_mesh(self.mesh):
             for (i, sl, h), f in zip(self._batches(), feats):
                 idx = np.arange(sl.start, sl.stop, dtype=np.int32)
                 outs.append(jax.device_get(fn(params, self._put(h.text[sl]), self._put(h.text_mask[sl]), f,

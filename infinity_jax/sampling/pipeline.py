@@ -11,7 +11,6 @@ import pathlib
 import time
 from typing import Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -19,6 +18,7 @@ from PIL import Image
 from infinity_jax import bundle, schedules
 from infinity_jax.sampling.sampler import Sampler, SamplingConfig
 from infinity_jax.text.encoder import TextEncoder
+from infinity_jax.tokenizer.pixels import to_uint8
 from infinity_jax.tokenizer.vae import jit_decode
 
 
@@ -38,12 +38,6 @@ class GenerationResult:
     schedule: tuple
     seconds: float
     compile_seconds: float
-
-
-def to_uint8(images: jax.Array) -> np.ndarray:
-    """(B,H,W,3) in [-1,1] -> uint8, as the official code does ((x+1)/2*255, truncated)."""
-    x = (np.clip(np.asarray(images, np.float32), -1, 1) + 1) / 2 * 255
-    return x.astype(np.uint8)
 
 
 def strip(images: Sequence[Image.Image], pad: int = 2) -> Image.Image:

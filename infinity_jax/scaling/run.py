@@ -54,7 +54,7 @@ def train_size(size_dir: str, *, validator_factory=None) -> list[dict]:
         return [done[k] for k in sorted(done)]
     trainer = Trainer(cfg, size_dir)
     vcfg = cfg.validation
-    validator = (validator_factory or Validator)(trainer, vcfg)
+    validator = (validator_factory or Validator.for_trainer)(trainer, vcfg)
     clock = {"start": time.perf_counter(), "validation": 0.0}
 
     def validate(steps: int, state, last: dict) -> None:

@@ -1,4 +1,4 @@
-"""Hugging Face T5 checkpoints <-> :class:`infinity_jax.text.t5.Model`.
+"""Hugging Face T5 checkpoints <-> the tensors of :class:`infinity_jax.text.t5.Model`.
 
 A local Hugging Face folder holds ``config.json``, ``spiece.model`` and the weights as one of
 (searched in this order) ``model.safetensors.index.json`` + shards, ``model.safetensors``,
@@ -6,6 +6,9 @@ A local Hugging Face folder holds ``config.json``, ``spiece.model`` and the weig
 ``T5ForConditionalGeneration`` checkpoints load: ``decoder.*`` and ``lm_head.*`` are ignored and
 the input embedding is ``shared.weight`` (or ``encoder.embed_tokens.weight``, its tied copy).
 Everything else must match the config exactly (see :func:`state_dict.check_keys`).
+
+The model module builds the model and calls this one (:func:`infinity_jax.text.t5.load`); this one
+imports only the config.
 
 Layout: PyTorch ``Linear`` weights are ``(out, in)``; here ``q/k/v`` are ``(d_model, heads, d_kv)``,
 ``o`` is ``(heads, d_kv, d_model)``, FFN matrices are ``(in, out)``.
@@ -23,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from infinity_jax.state_dict import check_keys, check_values, load_state_dict
-from infinity_jax.text.t5 import Model, T5Config
+from infinity_jax.text.config import T5Config
 
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors",
                 "pytorch_model.bin.index.json", "pytorch_model.bin")
@@ -142,22 +145,20 @@ def read_config(folder: str | os.PathLike) -> T5Config:
     return T5Config.from_dict(raw)
 
 
-def _abstract(cfg: T5Config, dtype, param_dtype) -> Model:
-    return nnx.eval_shape(lambda: Model(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
-
-
-def from_state_dict(state: Mapping[str, np.ndarray], cfg: T5Config, *, dtype=jnp.float32,
-                    param_dtype=jnp.float32, what: str = "T5 checkpoint") -> Model:
-    """Build a :class:`Model` from Hugging Face tensors, checking keys and shapes strictly.
+def load_params(abstract, state: Mapping[str, np.ndarray], *, param_dtype=jnp.float32,
+                what: str = "T5 checkpoint"):
+    """The ``Model`` ``abstract`` (from ``nnx.eval_shape``) filled with Hugging Face tensors, keys and
+    shapes checked strictly (the loader that builds it is :func:`infinity_jax.text.t5.load`).
 
     Raises:
       CheckpointMismatchError: naming every missing, unexpected and mis-shaped key.
     """
+    cfg = abstract.cfg
     state = canonical_state(state)
     check_keys(what, state, expected_shapes(cfg))
     check_values(what, ((k, state[k]) for k in expected_shapes(cfg)))
-    graphdef, abstract = nnx.split(_abstract(cfg, dtype, param_dtype))
-    flat = dict(nnx.to_flat_state(abstract))
+    graphdef, abstract_state = nnx.split(abstract)
+    flat = dict(nnx.to_flat_state(abstract_state))
     for path, key, _, to_jax, _ in _mapping(cfg):
         var = flat[path]
         value = np.asarray(to_jax(np.asarray(state[key], dtype=np.float32)))
@@ -168,22 +169,14 @@ def from_state_dict(state: Mapping[str, np.ndarray], cfg: T5Config, *, dtype=jnp
     return nnx.merge(graphdef, nnx.from_flat_state(list(flat.items())))
 
 
-def to_state_dict(model: Model) -> dict[str, np.ndarray]:
+def to_state_dict(model) -> dict[str, np.ndarray]:
     """The Hugging Face ``T5EncoderModel`` tensors (float32, PyTorch layout) of ``model``."""
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     return {key: np.ascontiguousarray(to_hf(np.asarray(flat[path].get_value(), dtype=np.float32)))
             for path, key, _, _, to_hf in _mapping(model.cfg)}
 
 
-def load_model(folder: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32) -> Model:
-    """Load a local Hugging Face T5 folder (T5EncoderModel or T5ForConditionalGeneration)."""
-    cfg = read_config(folder)
-    state = read_weights(folder)
-    return from_state_dict(state, cfg, dtype=dtype, param_dtype=param_dtype,
-                           what=f"T5 checkpoint {find_weights(folder)}")
-
-
-def save_pretrained(model: Model, folder: str | os.PathLike, spiece_model: str | os.PathLike | bytes | None = None,
+def save_pretrained(model, folder: str | os.PathLike, spiece_model: str | os.PathLike | bytes | None = None,
                     extra_files: Iterable[str | os.PathLike] = ()) -> pathlib.Path:
     """Write ``model`` as a Hugging Face ``T5EncoderModel`` folder (config.json + model.safetensors).
 

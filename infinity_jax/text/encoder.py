@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infinity_jax.text.convert import load_model
-from infinity_jax.text.t5 import Model
+from infinity_jax.text.t5 import Model, load
 from infinity_jax.text.tokenize import MAX_LENGTH, T5Tokenizer, TokenBatch, pad_ids
 
 
@@ -60,7 +59,7 @@ class TextEncoder:
     @classmethod
     def load(cls, folder: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32, **kw) -> "TextEncoder":
         """From a local Hugging Face T5 folder (``config.json``, ``spiece.model``, weights)."""
-        model = load_model(folder, dtype=dtype, param_dtype=param_dtype)
+        model = load(folder, dtype=dtype, param_dtype=param_dtype)
         return cls(T5Tokenizer.from_folder(folder, max_length=kw.get("max_length", MAX_LENGTH)), model, **kw)
 
     @property

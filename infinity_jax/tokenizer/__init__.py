@@ -2,13 +2,15 @@
 
 Public API (channels-last throughout; images NHWC in [-1, 1]):
 
-* :class:`VAEConfig`, :class:`BSQVAE` (alias :data:`Model`), :func:`load` -- the model.
+* :class:`VAEConfig`, :class:`BSQVAE` (alias :data:`Model`), :func:`init` -- the model.
+* :func:`load` (:mod:`~infinity_jax.tokenizer.convert`) -- the model from an official checkpoint.
 * :func:`jit_encode`, :func:`jit_decode`, :func:`jit_decode_bits` -- compiled entry points.
 * :func:`patchify` / :func:`unpatchify` (:mod:`~infinity_jax.tokenizer.packing`) -- 2x2 token packing
   of the 8B (spatial patchify) layout.
 * :mod:`~infinity_jax.tokenizer.quantizer` -- BSQ and the multi-scale residual quantizer.
-* :mod:`~infinity_jax.tokenizer.convert` -- official state_dict <-> NNX.
+* :mod:`~infinity_jax.tokenizer.convert` -- official state_dict <-> NNX, and the loader :func:`load`.
 """
+from infinity_jax.tokenizer.convert import from_official, infer_config, load, to_official
 from infinity_jax.tokenizer.packing import patchify, unpatchify
 from infinity_jax.tokenizer.quantizer import (
     MultiScaleOutput,
@@ -31,9 +33,7 @@ from infinity_jax.tokenizer.vae import (
     jit_decode,
     jit_decode_bits,
     jit_encode,
-    load,
 )
-from infinity_jax.tokenizer.convert import from_official, infer_config, to_official  # noqa: E402
 
 __all__ = [
     "ALLOWED_CODEBOOK_DIMS", "BSQVAE", "Decoder", "Encoder", "Model", "MultiScaleOutput", "VAEConfig",

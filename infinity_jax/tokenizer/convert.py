@@ -7,6 +7,7 @@ GroupNorms are wrapped (``...conv1.conv.weight``, ``...norm1.norm.weight``). Lik
 
 The mapping is derived from the model itself: ``nnx.eval_shape`` builds the model abstractly, every
 ``nnx.Conv`` at path ``p`` owns ``p.conv.{weight,bias}`` and every GroupNorm ``p.norm.{weight,bias}``.
+The model module does not import this one; :func:`load` is the tokenizer's loader.
 Loading is strict: :func:`check_state_dict` reports every missing, unexpected and mis-shaped key.
 The quantizer's ``mask`` buffers (``quantizer.lfq.mask``, ``quantize.lfq.mask``; int64 (d,), a
 constant ``2**arange(d-1..0)``) carry no weights; they may be absent, but when present their shape
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+import os
 from typing import Any, Iterator, Mapping
 
 import jax
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infinity_jax.state_dict import CheckpointMismatchError, _to_numpy, check_keys, check_values
+from infinity_jax.state_dict import CheckpointMismatchError, _to_numpy, check_keys, check_values, load_state_dict
 from infinity_jax.tokenizer.vae import BSQVAE, GroupNorm, VAEConfig
 
 #: The quantizer buffers of the official state_dict (the same module under two names).
@@ -199,3 +201,20 @@ def to_official(model: BSQVAE, *, include_buffers: bool = True) -> dict[str, np.
         for key in MASK_KEYS:
             out[key] = mask_buffer(model.config.codebook_dim)
     return out
+
+
+def load(path_or_state: str | os.PathLike | Mapping[str, Any], config: VAEConfig | Mapping | None = None) -> BSQVAE:
+    """Build a :class:`BSQVAE` from an official checkpoint (path or state dict).
+
+    ``config`` may be a :class:`VAEConfig`, an official-style dict (see
+    :meth:`VAEConfig.from_official`) or None to infer it from the weights' shapes.
+    Raises :class:`~infinity_jax.state_dict.CheckpointMismatchError` naming every missing,
+    unexpected or mis-shaped key.
+    """
+    if isinstance(path_or_state, Mapping):
+        state = path_or_state
+    else:
+        state = load_state_dict(path_or_state)
+    if isinstance(config, Mapping):
+        config = VAEConfig.from_official(config)
+    return from_official(state, config)

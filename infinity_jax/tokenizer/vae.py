@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -36,7 +35,6 @@ from flax import nnx
 
 from infinity_jax import schedules as _schedules
 from infinity_jax.sharding import param
-from infinity_jax.state_dict import load_state_dict
 from infinity_jax.tokenizer import quantizer as _q
 from infinity_jax.tokenizer.packing import patchify, unpatchify
 from infinity_jax.tokenizer.resample import area_resize, bilinear_resize
@@ -587,7 +585,7 @@ def default_schedule(latent_grid: tuple[int, int], config: VAEConfig | None = No
 
 
 # ----------------------------------------------------------------------------------------------
-# loading and jitted entry points
+# initialisation and jitted entry points (loading official weights: convert.load)
 
 
 def init(config: VAEConfig | None = None, seed: int = 0) -> BSQVAE:
@@ -610,26 +608,6 @@ def init(config: VAEConfig | None = None, seed: int = 0) -> BSQVAE:
             module.scale.set_value(jnp.ones((module.num_channels,), jnp.float32))
             module.bias.set_value(jnp.zeros((module.num_channels,), jnp.float32))
     return model
-
-
-def load(path_or_state: str | os.PathLike | Mapping[str, Any], config: VAEConfig | Mapping | None = None) -> BSQVAE:
-    """Build a :class:`BSQVAE` from an official checkpoint (path or state dict).
-
-    ``config`` may be a :class:`VAEConfig`, an official-style dict (see
-    :meth:`VAEConfig.from_official`) or None to infer it from the weights' shapes.
-    Raises :class:`~infinity_jax.state_dict.CheckpointMismatchError` naming every missing,
-    unexpected or mis-shaped key.
-    """
-    # deferred: tokenizer.convert imports this module (cycle vae -> convert -> vae)
-    from infinity_jax.tokenizer import convert  # noqa: PLC0415
-
-    if isinstance(path_or_state, Mapping):
-        state = path_or_state
-    else:
-        state = load_state_dict(path_or_state)
-    if isinstance(config, Mapping):
-        config = VAEConfig.from_official(config)
-    return convert.from_official(state, config)
 
 
 def jit_encode(model: BSQVAE, schedule=None) -> Callable[[jax.Array], tuple[jax.Array, list]]:

@@ -4,7 +4,7 @@
   ``n = words + 1`` rows (EOS), capped at the text length.
 * ``precomputed``: the record's own ``t5`` / ``t5_text`` arrays (written by
   ``infinity_jax.data.writer --t5_features``), else the ``X.t5/`` store of
-  ``python -m infinity_jax.text.precompute`` looked up by the record's ``line`` and caption field.
+  ``python -m infinity_jax.tools.precompute_text`` looked up by the record's ``line`` and caption field.
 * ``t5``: the frozen encoder (:class:`OnlineT5`) runs on every batch's captions, padded to the
   fixed text length, ahead of the train step, under the trainer's mesh: batch-sharded, in
   ``config.text.dtype`` (bfloat16 by default), its features never leaving the devices.
@@ -24,9 +24,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from infinity_jax.data.records import CorruptRecord
+from infinity_jax.data.text_features import open_features
 from infinity_jax.sharding import make_mesh, state_shardings
-from infinity_jax.text.convert import load_model
-from infinity_jax.text.precompute import open_features
+from infinity_jax.text.t5 import load as load_t5
 from infinity_jax.text.tokenize import T5Tokenizer
 
 
@@ -93,7 +93,7 @@ class OnlineT5:
         self.mesh = mesh if mesh is not None else make_mesh({"data": 1}, devices=jax.devices()[:1])
         self.tokenizer = T5Tokenizer.from_folder(folder, max_length=self.max_len)
         with jax.default_device(jax.local_devices(backend="cpu")[0]):
-            model = load_model(folder, dtype=self.dtype, param_dtype=self.dtype)
+            model = load_t5(folder, dtype=self.dtype, param_dtype=self.dtype)
         self.config = model.cfg
         graphdef, state = nnx.split(model)
         shardings = state_shardings(state, self.mesh)

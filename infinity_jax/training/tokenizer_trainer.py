@@ -22,7 +22,6 @@ are written under their official names to ``WORKDIR/tokenizer.safetensors`` with
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -38,16 +37,16 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from infinity_jax.data.bucketing import Bucket
 from infinity_jax.data.pipeline import DataPipeline
 from infinity_jax.data.records import decode_image, resize_center_crop
-from infinity_jax.sampling.pipeline import to_uint8
+from infinity_jax.data.sources import build_source, resolve_factory
 from infinity_jax.schedules import normalize_schedule
 from infinity_jax.sharding import make_mesh
 from infinity_jax.tokenizer import BSQVAE, VAEConfig, init
 from infinity_jax.tokenizer.convert import to_official
+from infinity_jax.tokenizer.pixels import from_uint8, to_uint8
 from infinity_jax.tokenizer.vae import ResnetBlock
 from infinity_jax.training import tokenizer_losses as TL
 from infinity_jax.training.loop import Hook, LoopSettings, Task, TrainLoop
 from infinity_jax.training.optimizer import build_optimizer, learning_rate_schedule, ndim_decay_mask
-from infinity_jax.training.trainer import build_source
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ class TokenizerTrainer:
         target = float(self.config.init.feature_rms)
         if target > 0:
             imgs = self._probe_images(16)
-            x = jnp.asarray(imgs, jnp.float32) / 127.5 - 1.0
+            x = from_uint8(imgs)
             rms = float(jnp.sqrt(jnp.mean(jnp.square(model.encode_features(x)))))
             s = target / max(rms, 1e-6)
             conv = model.encoder.conv_out
@@ -291,7 +290,7 @@ class TokenizerTrainer:
         gan_start = int(c.loss.gan.start) if self.use_gan else 0
 
         def step(state, images):
-            x = images.astype(jnp.float32) / 127.5 - 1.0
+            x = from_uint8(images)
             gan_on = (state["step"] >= gan_start).astype(jnp.float32) if self.use_gan else None
             dparams = state.get("disc_params")
             (loss, (m, y)), grads = jax.value_and_grad(self.losses, has_aux=True)(state["params"], x, dparams, gan_on)
@@ -331,7 +330,7 @@ class TokenizerTrainer:
 
             def rec(params, imgs):
                 model = nnx.merge(self.graphdef, self._state_of(params))
-                x = imgs.astype(jnp.float32) / 127.5 - 1.0
+                x = from_uint8(imgs)
                 return model(x, sched)
 
             self._recon_fn = jax.jit(rec)
@@ -351,8 +350,7 @@ class TokenizerTrainer:
         if not int(e.num_images):
             return None
         if e.factory:
-            mod, _, fn = str(e.factory).partition(":")
-            imgs = getattr(importlib.import_module(mod), fn)(**dict(e.factory_kwargs))
+            imgs = resolve_factory(e.factory, "config.eval.factory")(**dict(e.factory_kwargs))
             return np.asarray(imgs[: int(e.num_images)], np.uint8)
         return None
 

@@ -16,7 +16,6 @@ lowered and compiled before the loop (memory analysis printed). The batch is spl
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -31,13 +30,13 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from infinity_jax import state_dict
-from infinity_jax.data.arrayrecord import ArrayRecordSource
+from infinity_jax.config_files import ConfigError
 from infinity_jax.data.bucketing import Bucket, make_buckets
 from infinity_jax.data.pipeline import DataPipeline
-from infinity_jax.data.synthetic import SyntheticSource
-from infinity_jax.data.tfds_source import TFDSSource
-from infinity_jax.sharding import make_mesh
+from infinity_jax.data.sources import build_source, resolve_data_source
+from infinity_jax.sharding import batch_axes, make_mesh
 from infinity_jax.tokenizer import Encoder, VAEConfig, convert as vae_convert
+from infinity_jax.tokenizer.pixels import from_uint8
 from infinity_jax.training import compile_report, state as st
 from infinity_jax.training.checkpoint import restore_params
 from infinity_jax.training.loop import Hook, LoopSettings, Task, TrainLoop
@@ -52,10 +51,6 @@ from infinity_jax.transformer.model import Infinity
 from infinity_jax.transformer.self_correction import flip_requant, truncate_scales
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A mistake in the experiment config (reported without a traceback by ``train.py``)."""
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -86,18 +81,6 @@ def vae_config(config, mcfg: InfinityConfig):
         raise ConfigError(f"bad tokenizer config: {e}") from e
 
 
-def resolve_data_source(config) -> None:
-    """An explicit ``data.path`` wins over the synthetic default of ``runlocal=True``
-    (``data.synthetic_unless_path``); a path with an explicit synthetic source is an error."""
-    d = config.data
-    if d.source == "synthetic" and d.path:
-        if not d.get("synthetic_unless_path", False):
-            raise ConfigError(f"config.data.path={d.path!r} is set but config.data.source='synthetic' ignores it; "
-                              f"drop one of them")
-        d.source = "arrayrecord"
-        log.info("reading the shards in config.data.path=%s (runlocal's synthetic data is replaced)", d.path)
-
-
 def check_config(config) -> None:
     """Checks that make user mistakes clear messages instead of tracebacks deep in the loop."""
     resolve_data_source(config)
@@ -105,43 +88,11 @@ def check_config(config) -> None:
         raise ConfigError(f"config.text.source must be 't5', 'precomputed' or 'random', got {config.text.source!r}")
     if config.text.source == "t5" and not config.text.t5_path:
         raise ConfigError("config.text.source='t5' needs config.text.t5_path (a local Flan-T5 folder)")
-    if config.data.source not in ("arrayrecord", "tfds", "synthetic", "factory"):
-        raise ConfigError(f"config.data.source must be 'arrayrecord', 'tfds', 'synthetic' or 'factory', "
-                          f"got {config.data.source!r}")
-    if config.data.source == "arrayrecord" and not config.data.path:
-        raise ConfigError("config.data.source='arrayrecord' needs config.data.path (a folder of shards)")
-    if config.data.source == "tfds" and not config.data.tfds.name:
-        raise ConfigError("config.data.source='tfds' needs config.data.tfds.name")
     if config.batch_size < 1 or config.total_steps < 0:
         raise ConfigError("batch_size must be >= 1 and total_steps >= 0")
 
 
 # ------------------------------------------------------------------------------------ helpers
-def build_source(config, workdir: str | None = None):
-    """The random-access source named by ``config.data``."""
-    d = config.data
-    if d.source == "arrayrecord":
-        return ArrayRecordSource(d.path)
-    if d.source == "tfds":
-        t = d.tfds
-        return TFDSSource(t.name, split=t.split, data_dir=t.data_dir or None, image_key=t.image_key,
-                          caption_key=t.caption_key or None)
-    if d.source == "synthetic":
-        s = d.synthetic
-        return SyntheticSource(int(s.num_records), sizes=tuple(tuple(x) for x in s.sizes), seed=int(s.seed),
-                               corrupt=tuple(s.get("corrupt", ())))
-    # factory: "module:callable" returning a source, e.g. the demo's shapes source
-
-    mod, _, fn = str(d.factory).partition(":")
-    if not mod or not fn:
-        raise ConfigError(f"config.data.factory must be 'module:callable', got {d.factory!r}")
-    try:
-        factory = getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot import data factory {d.factory!r}: {e}") from e
-    return factory(**dict(d.factory_kwargs))
-
-
 def maybe_initialize_distributed() -> None:
     """``jax.distributed.initialize()`` when ``INFINITY_JAX_DISTRIBUTED=1`` (TPU pods, SLURM, CPU tests).
 
@@ -227,7 +178,7 @@ class Trainer:
         self.workdir = workdir
         self.mesh = mesh if mesh is not None else self._mesh()
         self.n_devices = self.mesh.size
-        self.batch_axes = tuple(a for a in ("data", "fsdp") if self.mesh.shape.get(a, 1) > 1)
+        self.batch_axes = batch_axes(self.mesh)
         shards = int(np.prod([self.mesh.shape[a] for a in self.batch_axes])) if self.batch_axes else 1
         self.global_batch = int(c.batch_size)
         if self.global_batch % shards:
@@ -368,7 +319,7 @@ class Trainer:
 
     def build_pipeline(self):
         d = self.config.data
-        source = build_source(self.config, self.workdir)
+        source = build_source(self.config)
         text_fn = self.text_fn()
         cache = os.path.join(self.workdir, "aspect_ratios.npy") if self.workdir else None
         return DataPipeline(source, self.buckets, global_batch=self.global_batch,
@@ -385,7 +336,7 @@ class Trainer:
         """The frozen tokenizer's features of uint8 ``images (B, H, W, 3)`` -> ``(B, h, w, d)`` float32
         (a pure function: jit it, or call it inside a step; used by validation and sweeps too)."""
         enc = self.vae_md.merge(vae_params)
-        x = images.astype(jnp.float32) / 127.5 - 1.0
+        x = from_uint8(images)
         return enc(x.astype(jnp.dtype(self.vcfg.dtype))).astype(jnp.float32)
 
     def teacher_forcing(self, feats, scales, key):

@@ -57,10 +57,11 @@ def test_data_writer_verifies_and_indexes(tmp_path):
 
 
 def test_data_writer_embeds_precomputed_t5_features(tmp_path):
-    """``--t5_features``: the X.t5/ store of ``infinity_jax.text.precompute`` goes into the records, and
+    """``--t5_features``: the X.t5/ store of ``infinity_jax.data.text_features`` goes into the records, and
     the trainer's 'precomputed' text source reads it; the online encoder gives the same features."""
-    from infinity_jax.text import TextEncoder, build_tiny_t5
-    from infinity_jax.text.precompute import precompute_file
+    from infinity_jax.data.text_features import precompute_file
+    from infinity_jax.text import TextEncoder
+    from infinity_jax.tools.train_sentencepiece import build_tiny_t5
     from infinity_jax.training.text_features import OnlineT5, PrecomputedText
 
     raw = make_image_folder(tmp_path / "raw", 6)

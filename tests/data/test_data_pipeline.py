@@ -143,7 +143,7 @@ def test_data_factory_source_shapes():
     pytest.importorskip("infinity_jax.data.shapes")
     import ml_collections
 
-    from infinity_jax.training.trainer import build_source
+    from infinity_jax.data.sources import build_source
 
     c = ml_collections.ConfigDict({"data": {"source": "factory", "factory": "infinity_jax.data.shapes:ShapesSource",
                                             "factory_kwargs": {"size": 64}}})

@@ -35,16 +35,15 @@ def _run(args, timeout):
 
 def _reconstruction_score(work, cfg) -> float:
     """The evaluator on the bundle tokenizer's reconstructions of the held-out true renders (seed 0)."""
-    import jax.numpy as jnp
-
     from infinity_jax.eval import shapes_eval as E
-    from infinity_jax.sampling.pipeline import Pipeline, to_uint8
+    from infinity_jax.sampling.pipeline import Pipeline
     from infinity_jax.schedules import tokenizer_schedule
+    from infinity_jax.tokenizer.pixels import from_uint8, to_uint8
 
     pipe = Pipeline.from_checkpoint(work / "bundle")
     imgs, specs = E.render_heldout(cfg["image_size"], [0], cfg["data"]["style"], cfg["data"]["backgrounds"])
     grids = tokenizer_schedule(pipe.schedule_for(1.0), pipe.transformer.cfg.apply_spatial_patchify)
-    rec = pipe.tokenizer(jnp.asarray(imgs, jnp.float32) / 127.5 - 1, schedule=grids)
+    rec = pipe.tokenizer(from_uint8(imgs), schedule=grids)
     return E.evaluate(to_uint8(rec), specs)["overall"]
 
 
@@ -118,7 +117,7 @@ def test_demo_resumes_after_a_stopped_stage(tmp_path):
 def test_demo_user_mistakes_get_one_line_errors(tmp_path):
     """A missing config file or an unknown override is a usage error, not a traceback."""
     for args, needle in ((["--config", str(tmp_path / "nope.py")], "not found"),
-                         (["--config.infinity.no_such_field=3"], "no such field"),
+                         (["--config.infinity.no_such_field=3"], "config.infinity.no_such_field: no such key"),
                          ([], "--workdir is required")):
         cmd = [sys.executable, "-m", "infinity_jax.demo", *args]
         if "--workdir" not in needle:

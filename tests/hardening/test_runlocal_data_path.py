@@ -10,10 +10,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "training")
 from train_helpers import ROOT, load_config, make_image_folder, subprocess_env, train_command  # noqa: E402
 
 from infinity_jax.data.arrayrecord import ArrayRecordSource  # noqa: E402
+from infinity_jax.data.sources import build_source  # noqa: E402
 from infinity_jax.data.synthetic import SyntheticSource  # noqa: E402
 from infinity_jax.data.writer import write_shards  # noqa: E402
 from infinity_jax.sharding import make_mesh  # noqa: E402
-from infinity_jax.training.trainer import ConfigError, Trainer, build_source  # noqa: E402
+from infinity_jax.training.trainer import ConfigError, Trainer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ NOTEBOOK = ROOT / "notebooks" / "infinity_inference.ipynb"
 def tiny_checkpoint(official_tiny, tmp_path_factory):
     """official-tiny weights + a tiny random Flan-T5-shaped text encoder (width 2048), converted."""
     from infinity_jax.convert import convert
-    from infinity_jax.text.t5 import T5Config
-    from infinity_jax.text.train_tokenizer import build_tiny_t5, train_sentencepiece
+    from infinity_jax.text.config import T5Config
+    from infinity_jax.tools.train_sentencepiece import build_tiny_t5, train_sentencepiece
 
     tmp = tmp_path_factory.mktemp("nb")
     corpus = [f"a {c} {s} on a {b} background" for c in ("red", "blue", "green", "small", "big")

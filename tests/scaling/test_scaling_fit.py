@@ -1,5 +1,4 @@
 """Power-law fitter, compute frontier, sweep FLOP bookkeeping and the analysis command."""
-import importlib.util
 import json
 import os
 import pathlib
@@ -9,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from infinity_jax import config_files
 from infinity_jax.scaling import fit as sf
 from infinity_jax.scaling.analyze import analyze
 from infinity_jax.scaling.plan import plan_sweep, size_config, step_flops
@@ -152,10 +152,7 @@ def test_sweep_flops_match_hand_count_and_plan_bookkeeping():
 
 def _toy_config():
     path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "scaling_toy.py"
-    spec = importlib.util.spec_from_file_location("scaling_toy_cfg", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config("")
+    return config_files.load(str(path))
 
 
 def test_official_ladder_sizes_plan():

@@ -44,7 +44,7 @@ def corpus() -> list[str]:
 
 @pytest.fixture(scope="session")
 def spiece_bytes(corpus) -> bytes:
-    from infinity_jax.text.train_tokenizer import train_sentencepiece
+    from infinity_jax.tools.train_sentencepiece import train_sentencepiece
 
     return train_sentencepiece(corpus, vocab_size=400)
 
@@ -105,7 +105,7 @@ def shapes_captions() -> list[str]:
 @pytest.fixture(scope="session")
 def shapes_spiece(shapes_captions) -> bytes:
     """A 64-piece SentencePiece model of the shapes captions, one piece per word (as the demo trains it)."""
-    from infinity_jax.text.train_tokenizer import train_sentencepiece
+    from infinity_jax.tools.train_sentencepiece import train_sentencepiece
 
     words = sorted({w for c in shapes_captions for w in c.split()})
     return train_sentencepiece(shapes_captions + words * 50, 64)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from infinity_jax.text import TextEncoder
-from infinity_jax.text.train_tokenizer import build_tiny_t5
+from infinity_jax.tools.train_sentencepiece import build_tiny_t5
 
 PROMPTS = ["a cat", "", "a photo of the old woman wearing a hat in the snow, detailed realistic", "東京 夜景 🐱"]
 
@@ -93,13 +93,14 @@ def test_absolute_positions(tmp_path, shapes_spiece):
 
     import jax.numpy as jnp
 
-    from infinity_jax.text.convert import expected_shapes, from_state_dict, load_model, to_state_dict
-    from infinity_jax.text.t5 import T5Config
-    from infinity_jax.text.train_tokenizer import TINY_CONFIG
+    from infinity_jax.text.config import T5Config
+    from infinity_jax.text.convert import expected_shapes, to_state_dict
+    from infinity_jax.text.t5 import from_state_dict, load
+    from infinity_jax.tools.train_sentencepiece import TINY_CONFIG
 
     cfg = dataclasses.replace(TINY_CONFIG, absolute_positions=8)
     folder = build_tiny_t5(tmp_path / "t5", spiece_model=shapes_spiece, config=cfg, seed=0)
-    model = load_model(folder)
+    model = load(folder)
     assert expected_shapes(model.cfg)["encoder.embed_positions.weight"] == (8, cfg.d_model)
     assert "encoder.embed_positions.weight" not in expected_shapes(TINY_CONFIG)
     enc = TextEncoder.load(folder)

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
+from infinity_jax.data.text_features import feature_dir, open_features, precompute, precompute_file
 from infinity_jax.text import TextEncoder
-from infinity_jax.text.precompute import feature_dir, open_features, precompute, precompute_file
-from infinity_jax.text.train_tokenizer import build_tiny_t5
+from infinity_jax.tools.train_sentencepiece import build_tiny_t5
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_bf16_storage_and_settings_guard(tmp_path, corpus, encoder):
 def test_cli_runs(tmp_path, corpus, tiny):
     jsonl = tmp_path / "cli.jsonl"
     _write_jsonl(jsonl, corpus, n=4)
-    res = subprocess.run([sys.executable, "-m", "infinity_jax.text.precompute", f"--data={tmp_path}",
+    res = subprocess.run([sys.executable, "-m", "infinity_jax.tools.precompute_text", f"--data={tmp_path}",
                           f"--t5={tiny}", "--compute_dtype=float32", "--batch_size=2"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]

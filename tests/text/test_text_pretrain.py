@@ -4,7 +4,7 @@ import numpy as np
 from infinity_jax.data.shapes import heldout_prompts
 from infinity_jax.training.text_pretrain import masked_batch, pretrain_encoder
 from infinity_jax.text.t5 import load
-from infinity_jax.text.train_tokenizer import build_tiny_t5
+from infinity_jax.tools.train_sentencepiece import build_tiny_t5
 
 
 def test_masked_batch_masks_real_tokens_only():

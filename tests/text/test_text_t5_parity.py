@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from infinity_jax.sharding import _names_of
-from infinity_jax.text import convert, t5
+from infinity_jax.text import config, convert, t5
 from infinity_jax.text.tokenize import T5Tokenizer
 
 PROMPTS = [
@@ -122,7 +122,7 @@ def test_export_roundtrip_loads_in_transformers(tmp_path, hf_folder):
     tb = _batch(hf_folder)
     ours = np.asarray(model(jnp.asarray(tb.ids), jnp.asarray(tb.mask)))
     assert _max_err(ours, _hf_hidden(hf, tb), tb.lens) < 1e-5
-    again = convert.load_model(tmp_path)
+    again = t5.load(tmp_path)
     for a, b in zip(jax.tree.leaves(nnx_params(model)), jax.tree.leaves(nnx_params(again))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -154,13 +154,13 @@ def test_logical_axis_names_on_every_param(hf_folder):
 
 
 def test_config_from_hf_json_and_presets(hf_folder):
-    cfg = t5.T5Config.from_json(hf_folder / "config.json")
+    cfg = config.T5Config.from_json(hf_folder / "config.json")
     raw = json.loads((hf_folder / "config.json").read_text())
     assert (cfg.d_model, cfg.d_ff, cfg.num_layers, cfg.num_heads, cfg.d_kv) == (
         raw["d_model"], raw["d_ff"], raw["num_layers"], raw["num_heads"], raw["d_kv"])
     assert cfg.activation == "gelu_new" and cfg.is_gated
-    xl = t5.preset("flan-t5-xl")
+    xl = config.preset("flan-t5-xl")
     assert (xl.d_model, xl.d_kv, xl.d_ff, xl.num_layers, xl.num_heads) == (2048, 64, 5120, 24, 32)
-    assert t5.preset("xl") == xl
+    assert config.preset("xl") == xl
     with pytest.raises(ValueError):
-        t5.T5Config(feed_forward_proj="gated-nope")
+        config.T5Config(feed_forward_proj="gated-nope")

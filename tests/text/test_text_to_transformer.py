@@ -5,8 +5,8 @@ from flax import nnx
 
 from infinity_jax.sampling.sampler import Sampler, SamplingConfig
 from infinity_jax.text.encoder import TextEncoder
-from infinity_jax.text.t5 import T5Config
-from infinity_jax.text.train_tokenizer import build_tiny_t5
+from infinity_jax.text.config import T5Config
+from infinity_jax.tools.train_sentencepiece import build_tiny_t5
 from infinity_jax.transformer.config import InfinityConfig
 from infinity_jax.transformer.model import Infinity
 

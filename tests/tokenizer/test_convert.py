@@ -147,7 +147,7 @@ def test_infer_config(state):
 
 
 def test_load_without_config(official_tiny):
-    m = V.load(official_tiny / "weights_vae.npz")
+    m = convert.load(official_tiny / "weights_vae.npz")
     assert m.config == TINY
 
 

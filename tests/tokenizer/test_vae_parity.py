@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from helpers import patchify_flag, tokenizer_schedule
+from infinity_jax.tokenizer import convert
 from infinity_jax.tokenizer import vae as V
 
 ATOL = 1e-4
@@ -42,7 +43,7 @@ def setup(official):
     manifest = json.loads((official / "manifest.json").read_text())
     # the whole manifest, as a user passes it: the patchify flag is in its transformer section
     config = V.VAEConfig.from_official(manifest)
-    model = V.load(official / "weights_vae.npz", config)
+    model = convert.load(official / "weights_vae.npz", config)
     golden = dict(np.load(official / "golden_vae.npz"))
     image = nchw_to_nhwc(np.load(official / "inputs.npz")["image"])
     return manifest, model, golden, jnp.asarray(image)

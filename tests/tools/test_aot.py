@@ -3,7 +3,6 @@
 The compile tests need libtpu (``pip install -e '.[tpu]'``, which CI installs) and skip only when
 it is missing. The tiny configs keep each compile to tens of seconds.
 """
-import importlib.util
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from infinity_jax import config_files
 from infinity_jax.sharding import indivisible_params, make_mesh, state_shardings
 from infinity_jax.tools.hlo_stats import COLLECTIVES, hlo_stats
 from infinity_jax.tools.tpu import CHIPS, TopologyError, chip_for_device_kind, parse_topology
@@ -39,18 +39,9 @@ def needs_libtpu():
 
 
 def load_config(arg: str = "size=tiny,runlocal=True", **overrides):
-    spec = importlib.util.spec_from_file_location("infinity_config", CONFIG_FILE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config(arg)
-    c.tokenizer.in_step = False  # features in the batch: the frozen encoder is not compiled (faster)
-    for key, value in overrides.items():
-        d = c
-        parts = key.split("__")
-        for p in parts[:-1]:
-            d = d[p]
-        d[parts[-1]] = value
-    return c
+    # features in the batch: the frozen encoder is not compiled (faster)
+    return config_files.load(f"{CONFIG_FILE}:{arg}",
+                             {"tokenizer.in_step": False, **{k.replace("__", "."): v for k, v in overrides.items()}})
 
 
 def tpu_devices(name: str):

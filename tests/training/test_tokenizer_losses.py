@@ -1,12 +1,14 @@
 """BSQ tokenizer losses, and a tiny tokenizer training run that checkpoints, resumes and exports."""
 import json
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from infinity_jax import config_files
 from infinity_jax.tokenizer import multiscale_quantize
 from infinity_jax.tokenizer.quantizer import l2_normalize
 from infinity_jax.training import tokenizer_losses as TL
@@ -116,14 +118,8 @@ def test_perceptual_proxy_and_gan_losses():
 
 
 def _config(steps, gan=False, perceptual=False):
-    import importlib.util
-    import pathlib
-
     p = pathlib.Path(__file__).resolve().parents[2] / "configs" / "tokenizer.py"
-    spec = importlib.util.spec_from_file_location("_tok_cfg", p)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("preset=shapes,runlocal=True")
+    c = config_files.load(f"{p}:preset=shapes,runlocal=True")
     c.model.update(base_ch=48, ch_mult=(1, 1, 2), patch_size=4, codebook_dim=8)
     c.schedule = ((1, 1), (2, 2), (4, 4))  # 16x16 images
     c.crop = 0
@@ -132,7 +128,7 @@ def _config(steps, gan=False, perceptual=False):
     c.batch_size = 8
     c.total_steps = steps
     c.checkpoint.update(every=2, async_save=False)
-    c.eval.update(every=steps, num_images=8, factory="infinity_jax.demo:heldout_images",
+    c.eval.update(every=steps, num_images=8, factory="shapes_heldout",
                   factory_kwargs=dict(size=16, seeds=1))
     c.log.update(every=1, progress=False)
     c.loss.early_scales.weight = 0.5

@@ -145,5 +145,7 @@ def test_train_init_errors_are_clear(tmp_path):
         tr.init_params()
     with pytest.raises(ConfigError, match="not divisible"):
         Trainer(load_config(batch_size=6), None, mesh=make_mesh({"fsdp": 8}))
+    typo = load_config()
+    typo.model.depht = 3  # a key the model has not (overrides of existing keys only: set it directly)
     with pytest.raises(ConfigError, match="unknown config.model keys"):
-        Trainer(load_config(**{"model.depht": 3}), None, mesh=make_mesh({"fsdp": 8}))
+        Trainer(typo, None, mesh=make_mesh({"fsdp": 8}))

@@ -57,3 +57,11 @@ def test_train_config_mistakes_in_process(tmp_path):
         Trainer(load_config(schedule=tuple((i, i) for i in range(1, 17))), None, mesh=mesh)
     with pytest.raises(FileNotFoundError, match="no ArrayRecord shards"):
         ArrayRecordSource(tmp_path)
+
+
+def test_train_cli_missing_config_file_is_one_line(tmp_path):
+    cmd = [c if not c.startswith("--config=") else f"--config={tmp_path}/nope.py:size=tiny"
+           for c in train_command(tmp_path / "w", {})]
+    p = subprocess.run(cmd, env=subprocess_env(1), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert p.stderr.strip().splitlines()[-1] == f"error: config file {tmp_path}/nope.py not found"

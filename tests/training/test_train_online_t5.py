@@ -15,7 +15,7 @@ CAPTIONS = ["a red square on a blue background", "a green circle", "a white squa
 
 @pytest.fixture(scope="module")
 def t5_folder(tmp_path_factory):
-    from infinity_jax.text import build_tiny_t5
+    from infinity_jax.tools.train_sentencepiece import build_tiny_t5
 
     return build_tiny_t5(tmp_path_factory.mktemp("t5"), CAPTIONS * 40, vocab_size=120)
 

@@ -1,12 +1,13 @@
 """Helpers of the training tests: the test config, CLI runs of the trainer, metric files."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
 import subprocess
 import sys
+
+from infinity_jax import config_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_FILE = ROOT / "configs" / "infinity.py"
@@ -27,17 +28,9 @@ TEST_OVERRIDES = {
 
 
 def load_config(arg: str = "size=tiny,runlocal=True", **overrides):
-    spec = importlib.util.spec_from_file_location("infinity_config", CONFIG_FILE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config(arg)
-    for key, value in {**TEST_OVERRIDES, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
-        d = c
-        parts = key.split(".")
-        for p in parts[:-1]:
-            d = d[p]
-        d[parts[-1]] = value
-    return c
+    """``configs/infinity.py:arg`` with :data:`TEST_OVERRIDES` and ``overrides`` (``a__b`` for ``a.b``)."""
+    return config_files.load(f"{CONFIG_FILE}:{arg}",
+                             {**TEST_OVERRIDES, **{k.replace("__", "."): v for k, v in overrides.items()}})
 
 
 def cli_args(overrides: dict) -> list[str]:

@@ -1,10 +1,10 @@
-"""Precompute T5 features of a captions dataset into ArrayRecord files, resumably.
+"""The T5 feature store: caption features of a captions dataset in ArrayRecord files, written resumably.
 
-    python -m infinity_jax.text.precompute --data DIR --t5 FOLDER [--fields long_caption,text]
-
-``DIR`` is a JSONL captions file or a folder searched recursively for ``*.jsonl`` (Infinity's
-format: one JSON object a line with ``image_path``, ``long_caption`` and optionally ``text``).
-Features of ``X.jsonl`` go beside it into ``X.t5/``:
+Written by :func:`precompute` (the command is ``python -m infinity_jax.tools.precompute_text``) from
+a JSONL captions file or a folder searched recursively for ``*.jsonl`` (Infinity's format: one JSON
+object a line with ``image_path``, ``long_caption`` and optionally ``text``), with any encoder that
+has ``encode(prompts) -> (features (B, L, C), mask, lens)``, ``tokenizer`` and ``model``
+(:class:`infinity_jax.text.TextEncoder`). Features of ``X.jsonl`` go beside it into ``X.t5/``:
 
 * ``meta.json``: model config, weights and tokenizer fingerprints, fields, storage dtype;
 * ``part-NNNNN.array_record``: one record per (line, field), the valid rows only;
@@ -28,12 +28,8 @@ import pathlib
 import shutil
 from typing import Iterable, Iterator, Sequence
 
-import jax.numpy as jnp
 import numpy as np
-from absl import flags
 from tqdm import tqdm
-
-from infinity_jax.text.encoder import TextEncoder
 
 MAGIC = b"T5F1"
 FORMAT_VERSION = 1
@@ -292,32 +288,3 @@ class FeatureReader:
 def open_features(path: str | os.PathLike) -> FeatureReader:
     """A :class:`FeatureReader` for ``X.jsonl`` (or its ``X.t5/`` folder)."""
     return FeatureReader(path)
-
-
-def main(argv):  # pragma: no cover - thin CLI, exercised through precompute_file in tests
-    del argv
-
-    f = flags.FLAGS
-    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-    encoder = TextEncoder.load(f.t5, dtype=dtypes[f.compute_dtype], bucket=f.bucket)
-    stats = precompute(f.data, encoder, fields=[x for x in f.fields.split(",") if x], batch_size=f.batch_size,
-                       part_lines=f.part_lines, dtype=f.dtype, max_lines=f.max_lines, overwrite=f.overwrite)
-    for path, s in stats.items():
-        print(f"{path}: {s['lines']} lines / {s['records']} captions encoded, {s['skipped']} lines already done")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from absl import app
-
-    flags.DEFINE_string("data", None, "a JSONL captions file or a folder of them", required=True)
-    flags.DEFINE_string("t5", None, "local Hugging Face T5 folder (config.json, spiece.model, weights)",
-                        required=True)
-    flags.DEFINE_string("fields", ",".join(DEFAULT_FIELDS), "comma-separated caption fields to encode")
-    flags.DEFINE_integer("batch_size", 32, "prompts per encoder call")
-    flags.DEFINE_integer("part_lines", 4096, "JSONL lines per ArrayRecord part (unit of resumption)")
-    flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16", "float32"], "storage dtype")
-    flags.DEFINE_enum("compute_dtype", "bfloat16", ["bfloat16", "float16", "float32"], "encoder matmul dtype")
-    flags.DEFINE_integer("bucket", 32, "pad token lengths to a multiple of this")
-    flags.DEFINE_integer("max_lines", None, "encode at most this many unfinished lines, then stop")
-    flags.DEFINE_bool("overwrite", False, "recompute features made with other settings")
-    app.run(main)

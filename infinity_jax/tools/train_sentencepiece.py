@@ -1,4 +1,4 @@
-"""Train a T5-style SentencePiece model on captions, and build tiny T5 folders from scratch.
+r"""Train a T5-style SentencePiece model on captions, and build tiny T5 folders from scratch.
 
 For places with no pretrained weights (tests, an embedded demo): :func:`train_sentencepiece`
 gives a Unigram model with T5's special ids (pad 0, eos 1, unk 2, no bos, ``nmt_nfkc``), and
@@ -6,9 +6,7 @@ gives a Unigram model with T5's special ids (pad 0, eos 1, unk 2, no bos, ``nmt_
 ``model.safetensors``, ``spiece.model``) holding a randomly initialised encoder that both
 :func:`infinity_jax.text.load` and ``transformers.T5EncoderModel`` can read.
 
-CLI::
-
-    python -m infinity_jax.text.train_tokenizer --corpus captions.jsonl --out /tmp/tiny-t5 \\
+    python -m infinity_jax.tools.train_sentencepiece --corpus captions.jsonl --out /tmp/tiny-t5 \
         --vocab_size 2000 [--tiny_model]
 """
 from __future__ import annotations
@@ -21,10 +19,11 @@ import pathlib
 from typing import Iterable, Iterator
 
 import numpy as np
-from absl import flags
+from absl import app, flags
 
-from infinity_jax.text.convert import expected_shapes, from_state_dict, save_pretrained
-from infinity_jax.text.t5 import T5Config
+from infinity_jax.text.config import T5Config
+from infinity_jax.text.convert import expected_shapes, save_pretrained
+from infinity_jax.text.t5 import from_state_dict
 
 #: Width/depth of the tiny encoder (vocab_size is set from the trained tokenizer).
 TINY_CONFIG = T5Config(vocab_size=1100, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
@@ -130,9 +129,10 @@ def random_state_dict(cfg: T5Config, seed: int = 0) -> dict:
 
 def main(argv):  # pragma: no cover - thin CLI
     del argv
-
     f = flags.FLAGS
     src = pathlib.Path(f.corpus)
+    if not src.is_file():
+        raise SystemExit(f"error: --corpus {src} is not a file")
     corpus = (captions_from_jsonl(src) if src.suffix == ".jsonl"
               else (ln for ln in open(src, encoding="utf-8")))
     if f.tiny_model:
@@ -143,9 +143,8 @@ def main(argv):  # pragma: no cover - thin CLI
     print(f"wrote {f.out}")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    from absl import app
-
+def run() -> None:  # pragma: no cover - thin CLI
+    """The ``infinity-train-sentencepiece`` console script."""
     flags.DEFINE_string("corpus", None, "a .jsonl captions file or a text file (one sentence a line)", required=True)
     flags.DEFINE_string("out", None, "output folder (spiece.model, plus the model with --tiny_model)", required=True)
     flags.DEFINE_integer("vocab_size", 8000, "SentencePiece vocabulary size (soft limit)")
@@ -154,3 +153,7 @@ if __name__ == "__main__":  # pragma: no cover
     flags.DEFINE_bool("tiny_model", False, "also write a randomly initialised tiny T5 encoder")
     flags.DEFINE_integer("seed", 0, "init seed of the tiny model")
     app.run(main)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()
