@@ -9,8 +9,9 @@ Losses: reconstruction (L1 / L2), commitment, the BSQ entropy regulariser (per-s
 codebook entropy), optional early-scale reconstruction, an optional random-feature perceptual
 proxy (no pretrained VGG/LPIPS is available offline) and an optional hinge GAN with a PatchGAN
 discriminator. Same Grain pipeline, Orbax checkpoints and training loop as ``infinity_jax.train``:
-running the same command again resumes; SIGTERM / SIGINT save and exit with ``128 + signal``. The result, ``WORKDIR/tokenizer.safetensors`` (official state_dict
-names), is what ``--config.tokenizer.checkpoint`` of the Infinity trainer expects.
+running the same command again resumes; SIGTERM / SIGINT save and exit with ``128 + signal``. The
+result, ``WORKDIR/tokenizer.safetensors`` (official state_dict names), is what
+``--config.tokenizer.checkpoint`` of the Infinity trainer expects.
 """
 from __future__ import annotations
 
