@@ -49,7 +49,7 @@ from infinity_jax.eval import prefix_replay as PR
 from infinity_jax.eval import shapes_eval as E
 from infinity_jax.sampling.pipeline import Pipeline, strip
 from infinity_jax.text.config import T5Config
-from infinity_jax.text.tokenize import T5Tokenizer
+from infinity_jax.text.sentencepiece import T5Tokenizer
 from infinity_jax.tokenizer import VAEConfig
 from infinity_jax.tokenizer import load as load_vae
 from infinity_jax.tools.train_sentencepiece import build_tiny_t5, train_sentencepiece

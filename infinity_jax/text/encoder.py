@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from infinity_jax.text.t5 import Model, load
-from infinity_jax.text.tokenize import MAX_LENGTH, T5Tokenizer, TokenBatch, pad_ids
+from infinity_jax.text.sentencepiece import MAX_LENGTH, T5Tokenizer, TokenBatch, pad_ids
 
 
 class TextEncoder:

@@ -27,7 +27,7 @@ from infinity_jax.data.records import CorruptRecord
 from infinity_jax.data.text_features import open_features
 from infinity_jax.sharding import make_mesh, state_shardings
 from infinity_jax.text.t5 import load as load_t5
-from infinity_jax.text.tokenize import T5Tokenizer
+from infinity_jax.text.sentencepiece import T5Tokenizer
 
 
 class RandomText:

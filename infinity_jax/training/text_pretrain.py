@@ -42,7 +42,7 @@ from flax import nnx
 
 from infinity_jax.text.convert import save_pretrained
 from infinity_jax.text.t5 import load
-from infinity_jax.text.tokenize import T5Tokenizer
+from infinity_jax.text.sentencepiece import T5Tokenizer
 from infinity_jax.training.loop import LoopSettings, Task, TrainLoop
 from infinity_jax.training.optimizer import build_optimizer, learning_rate_schedule
 

@@ -40,7 +40,7 @@ def test_keep_weight_adds_the_kept_tokens_loss(tmp_path, shapes_captions, shapes
     import optax
 
     from infinity_jax.training.text_pretrain import _loss
-    from infinity_jax.text.tokenize import T5Tokenizer
+    from infinity_jax.text.sentencepiece import T5Tokenizer
 
     folder = build_tiny_t5(tmp_path / "t5", spiece_model=shapes_spiece, seed=0)
     model, tok = load(folder), T5Tokenizer.from_folder(folder)

@@ -9,7 +9,7 @@ import torch
 
 from infinity_jax.sharding import _names_of
 from infinity_jax.text import config, convert, t5
-from infinity_jax.text.tokenize import T5Tokenizer
+from infinity_jax.text.sentencepiece import T5Tokenizer
 
 PROMPTS = [
     "a photo of the cat sitting on a red chair under bright sunlight",

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from infinity_jax.text.tokenize import MAX_LENGTH, T5Tokenizer, pad_ids
+from infinity_jax.text.sentencepiece import MAX_LENGTH, T5Tokenizer, pad_ids
 
 TRICKY = [
     "a photo of the cat sitting on a red chair",
