@@ -230,10 +230,11 @@ class TrainLoop:
             pending = None
             t_prev = time.perf_counter()
 
-            def flush():
+            def flush() -> bool:
+                """Write the pending step's metrics; False once the run has diverged."""
                 nonlocal pending, t_prev
                 if pending is None:
-                    return
+                    return not guard.diverged
                 pstep, metrics, batch = pending
                 pending = None
                 m = scalar_metrics(jax.device_get(metrics))
@@ -243,31 +244,29 @@ class TrainLoop:
                 guard.update(pstep, m)
                 logger.write(pstep, m)
                 self.last = {"step": pstep, **m}
+                return not guard.diverged
 
             stop_signals = StopSignals().__enter__()
             while step < total:
                 batch = next(batches)
                 state, metrics = task.step(state, batch, step + 1)
                 step += 1
-                flush()
+                ok = flush()
                 pending = (step, metrics, batch)
-                if guard.diverged:
+                if not ok:
                     break  # this step is logged below
                 due = [h for h in hooks if h.due(step)]
-                if due:
-                    flush()
-                    if guard.diverged:
-                        break
-                    for h in due:
-                        out = h.fn(step, state)
-                        if out:
-                            logger.write(step, out, line=h.line(step, out) if h.line else None)
-                            self.last.update(out)
+                if due and not flush():
+                    break
+                for h in due:
+                    out = h.fn(step, state)
+                    if out:
+                        logger.write(step, out, line=h.line(step, out) if h.line else None)
+                        self.last.update(out)
                 stop = stop_signals.requested()
                 cadence = bool(s.checkpoint_every) and step % s.checkpoint_every == 0
                 if ckpt and (cadence or step == total or step in save_at or stop):
-                    flush()
-                    if guard.diverged:
+                    if not flush():
                         break
                     if guard.run or not params_finite(state):
                         logger.text(f"step {step} not saved: its loss, gradient or parameters are not finite")
