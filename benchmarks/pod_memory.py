@@ -9,7 +9,8 @@ Each row runs ``python -m infinity_jax.tools.aot`` in its own subprocess (needs 
 on a slice, one image per chip (``--per_chip``), for the slices in ``--topologies`` from the
 smallest up to the first on which it fits (``--all_topologies``: every one). Then the sampler rows:
 Infinity-2B at 1M, batch 1 + guidance, bf16, one v5p chip; and the notebook's default (Infinity-2B,
-1M, its 4 prompts + guidance, bf16) on one v5e chip (a Colab TPU). Times are roofline ESTIMATES, never measurements. Prints a progress
+1M, guidance, bf16, one image per sampler call) on one v5e chip (a Colab TPU); both with bfloat16
+block parameters and the Flan-T5-XL encoder resident in bfloat16, as the pipeline holds them. Times are roofline ESTIMATES, never measurements. Prints a progress
 line per row with its compile time, then a Markdown table.
 """
 from __future__ import annotations
@@ -27,6 +28,10 @@ from infinity_jax.tools.tpu import parse_topology
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "infinity.py")
 GIB = 2 ** 30
+#: the pipeline as the notebook runs it: bfloat16 compute, KV cache and block parameters
+#: (``PARAM_DTYPE``), one image per sampler call (``MAX_BATCH``), Flan-T5-XL resident in bfloat16
+SAMPLER_BF16 = ["--sampler_batch=1", "--sampler_cfg=3", "--sampler_dtype=bfloat16", "--sampler_param_dtype=bfloat16",
+                "--sampler_text_encoder=flan-t5-xl"]
 
 
 def run_aot(size: str, pn: str, topology: str, *, parts: str, batch: int | None, attention_impl: str | None,
@@ -68,11 +73,12 @@ def train_row(r: dict, size: str, pn: str, topology: str) -> str:
 
 def sampler_row(r: dict, label: str) -> str:
     if r["status"] != "ok":
-        return f"| {label} | | | | {r['status']} | {r['wall_s']:.0f} |"
+        return f"| {label} | | | | | | {r['status']} | {r['wall_s']:.0f} |"
     s = r["sampler"]
     est = s["estimate_seconds_per_image"]
     return (f"| {label} | {s['param_bytes'] / GIB:.2f} | {s['kv_cache_bytes'] / GIB:.2f} | "
-            f"{s['peak_bytes'] / GIB:.2f} / {s['hbm_bytes'] / GIB:.0f} | "
+            f"{s['peak_bytes'] / GIB:.2f} | {s['text_encoder_bytes'] / GIB:.2f} | "
+            f"{s['total_bytes'] / GIB:.2f} / {s['hbm_bytes'] / GIB:.0f} | "
             f"{'yes' if s['fits'] else 'NO'}; {est:.3g} s/image "
             f"(H100 official: {s['official_h100_seconds_per_image']} s) | "
             f"{s['compile_seconds']:.0f} |")
@@ -89,12 +95,15 @@ def main() -> None:
     ap.add_argument("--per_chip", type=int, default=1, help="images per chip when --batch is not given")
     ap.add_argument("--attention_impl", default=None, help="config.model.attention_impl for every row")
     ap.add_argument("--no_sampler", action="store_true", help="skip the sampler rows")
+    ap.add_argument("--sampler_only", action="store_true", help="only the sampler rows")
     ap.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per row")
     ap.add_argument("--out", default="", help="also write every report to this JSON file (after every row)")
     ap.add_argument("--resume", action="store_true", help="reuse the rows already compiled in --out")
     a = ap.parse_args()
 
-    if a.rows:
+    if a.sampler_only:
+        grid = []
+    elif a.rows:
         jobs = [tuple(r.split(":", 2)) for r in a.rows.split(",") if r]
         grid = [(s, p, [t]) for s, p, t in jobs]
     else:
@@ -133,10 +142,9 @@ def main() -> None:
     sampler_lines = []
     if not a.no_sampler:
         for label, size, pn, topo, extra in (
-                ("2b pn=1M, batch 1 + guidance, bf16, one v5p chip", "2b", "1M", "v5p:2x2x1",
-                 ["--sampler_batch=1", "--sampler_cfg=3", "--sampler_dtype=bfloat16"]),
-                ("notebook default: 2b pn=1M, 4 prompts + guidance, bf16, v5e 1x1", "2b", "1M", "v5e:1x1",
-                 ["--sampler_batch=4", "--sampler_cfg=3", "--sampler_dtype=bfloat16"])):
+                ("2b pn=1M, batch 1 + guidance, bf16, one v5p chip", "2b", "1M", "v5p:2x2x1", SAMPLER_BF16),
+                ("notebook default: 2b pn=1M, 1 image per call + guidance, bf16, v5e 1x1", "2b", "1M", "v5e:1x1",
+                 SAMPLER_BF16)):
             n_done += 1
             print(f"[{n_done}] sampler {label} ...", file=sys.stderr, flush=True)
             r = (done.get((label, size, pn, topo))
@@ -151,8 +159,9 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|---|---:|")
     print("\n".join(lines))
     if sampler_lines:
-        print("\n| sampler | params GiB | KV cache GiB | peak / HBM GiB | fits; estimate | compile s |")
-        print("|---|---:|---:|---:|---|---:|")
+        print("\n| sampler | params GiB | KV cache GiB | peak of a scale program GiB | text encoder GiB | "
+              "total / HBM GiB | fits; estimate | compile s |")
+        print("|---|---:|---:|---:|---:|---:|---|---:|")
         print("\n".join(sampler_lines))
 
 

@@ -82,7 +82,7 @@ def write_report(config, workdir: pathlib.Path, info: dict, total_seconds: float
         lines += [f"| **overall** | **{gen['overall']:.3f}** | |", "",
                   f"Pictures: `{os.path.relpath(gen['grid'], workdir)}` (held-out grid), "
                   + ", ".join(f"`{os.path.relpath(p, workdir)}`" for p in gen["previews"])
-                  + f" (progressive previews), `results/tokenizer_recon.png` (tokenizer: top true, bottom reconstructed).",
+                  + " (progressive previews), `results/tokenizer_recon.png` (tokenizer: top true, bottom reconstructed).",
                   "", "Scores per image: `results/shapes_eval.json`, failures: `results/shapes_eval.md`.", ""]
         if gen.get("prefix_replay"):
             lines += ["Where the prompt is lost: the first k scales replayed from the true render of each held-out "

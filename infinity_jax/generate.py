@@ -43,6 +43,9 @@ _SAVE_SCALES = flags.DEFINE_bool("save_scales", False, "Also save the decoded im
 _TRUST_PICKLE = flags.DEFINE_bool("trust_pickle", False, "Unpickle any object in a .bin text encoder (can run code: "
                                   "trusted files only). Default: tensors only.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype of the transformer blocks.")
+_PARAM_DTYPE = flags.DEFINE_enum("param_dtype", None, ["float32", "bfloat16"],
+                                 "Storage dtype of the transformer blocks' and the text encoder's parameters "
+                                 "(default float32; bfloat16 halves their memory, as the official inference).")
 
 
 #: ``--out`` suffixes that name one image file (the suffix gives the format); anything else is a folder.
@@ -186,7 +189,7 @@ def main(argv):
     level = absl_log.level
     absl_log.setLevel(logging.CRITICAL)
     try:
-        pipe = Pipeline.from_checkpoint(_CKPT.value, dtype=_DTYPE.value)
+        pipe = Pipeline.from_checkpoint(_CKPT.value, dtype=_DTYPE.value, param_dtype=_PARAM_DTYPE.value)
     except (BundleError, CheckpointMismatchError, UnsafeCheckpointError, DamagedCheckpointError) as e:
         # reads of a damaged checkpoint may still be in flight on Orbax's threads: leave without
         # running interpreter shutdown, which would print their 'event loop is closed' errors

@@ -47,3 +47,13 @@ def tokenizer_schedule(folder: str):
     from infinity_jax import schedules
 
     return schedules.tokenizer_schedule(schedule(folder), patchify_flag(folder))
+
+
+def convert_fixture(folder, out):
+    """An inference checkpoint folder converted from a reference fixture's official files -> ``out``."""
+    from infinity_jax.convert import convert
+
+    convert(transformer_path=folder / "weights_infinity.npz", vae_path=folder / "weights_vae.npz",
+            out=out, official_config=folder / "manifest.json", sampling={"cfg": 4.0, "tau": 0.5},
+            log=lambda *a: None)
+    return out

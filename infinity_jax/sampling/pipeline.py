@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import time
 from typing import Callable, Sequence
 
@@ -82,11 +81,17 @@ class Pipeline:
         return self._decode(codes)
 
     @classmethod
-    def from_checkpoint(cls, directory, *, dtype: str | None = None, mesh=None) -> "Pipeline":
-        transformer, tokenizer, text_folder, cfg = bundle.load(directory, dtype=dtype, mesh=mesh)
+    def from_checkpoint(cls, directory, *, dtype: str | None = None, param_dtype: str | None = None,
+                        mesh=None) -> "Pipeline":
+        """``dtype``: compute dtype of the transformer blocks; ``param_dtype`` (e.g. ``bfloat16``, as
+        the official inference): storage dtype of the blocks' and the text encoder's parameters,
+        half the memory of float32 (the text encoder then also computes in it)."""
+        transformer, tokenizer, text_folder, cfg = bundle.load(directory, dtype=dtype, param_dtype=param_dtype,
+                                                              mesh=mesh)
         text = None
         if text_folder is not None:
-            text = TextEncoder.load(text_folder)
+            text = (TextEncoder.load(text_folder) if param_dtype is None
+                    else TextEncoder.load(text_folder, dtype=jnp.dtype(param_dtype), param_dtype=jnp.dtype(param_dtype)))
         sampling = dict(cfg.get("sampling") or {})
         custom = sampling.pop("schedules", None)
         return cls(transformer, tokenizer, text, sampling_defaults=sampling, schedules_override=custom)
@@ -133,8 +138,14 @@ class Pipeline:
                  cfg: float | Sequence[float] | None = None, tau: float | Sequence[float] | None = None,
                  top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
                  cfg_insertion_layer: int | None = None, seed: int | Sequence[int] = 0, save_scales: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> GenerationResult:
-        """Generate one image per prompt (``seed`` is the first image's seed, or one per image)."""
+                 max_batch: int | None = None, progress: Callable[[int, int], None] | None = None) -> GenerationResult:
+        """Generate one image per prompt (``seed`` is the first image's seed, or one per image).
+
+        ``max_batch``: sample at most this many images at once (the KV cache grows with it: at 1M
+        with guidance, Infinity-2B's bfloat16 cache is 5.1 GiB per image); an image does not depend
+        on the batch it is sampled in. ``progress(k, K)`` is called after each scale of each batch."""
+        if max_batch is not None and int(max_batch) < 1:
+            raise ValueError(f"max_batch must be >= 1, not {max_batch}")
         if text_features is None:
             if isinstance(prompts, str):
                 prompts = [prompts]
@@ -157,16 +168,27 @@ class Pipeline:
         if len(seeds) != B:
             raise ValueError(f"{len(seeds)} seeds for {B} prompts")
         sched = self.schedule_for(aspect, resolution)
-        n_compiled = len(self.sampler._compiled)
-        t0 = time.perf_counter()
-        out = self.sampler.generate(text_features, text_mask, sched, settings=settings, seeds=seeds, neg_text=neg,
-                                    neg_mask=neg_mask, previews=save_scales, progress=progress)
-        images = to_uint8(out.images)
-        seconds = time.perf_counter() - t0
-        compile_s = seconds if len(self.sampler._compiled) > n_compiled else 0.0
-        pil = [Image.fromarray(im) for im in images]
-        previews = None
-        if save_scales:
-            prev = [to_uint8(p) for p in out.previews]
-            previews = [[Image.fromarray(p[i]).resize(pil[i].size, Image.NEAREST) for p in prev] for i in range(B)]
-        return GenerationResult(pil, previews, out.bits, tuple(sched), seconds, compile_s)
+        step = int(max_batch) if max_batch else B
+        pil, previews, bits = [], [] if save_scales else None, []
+        seconds = compile_s = 0.0
+        for lo in range(0, B, step):
+            hi = min(B, lo + step)
+            n_compiled = len(self.sampler._compiled)
+            t0 = time.perf_counter()
+            out = self.sampler.generate(text_features[lo:hi], text_mask[lo:hi], sched, settings=settings,
+                                        seeds=seeds[lo:hi], neg_text=None if neg is None else neg[lo:hi],
+                                        neg_mask=None if neg is None else neg_mask[lo:hi], previews=save_scales,
+                                        progress=progress)
+            images = to_uint8(out.images)
+            took = time.perf_counter() - t0
+            seconds += took
+            compile_s += took if len(self.sampler._compiled) > n_compiled else 0.0
+            new = [Image.fromarray(im) for im in images]
+            pil += new
+            bits.append(out.bits)
+            if save_scales:
+                prev = [to_uint8(p) for p in out.previews]
+                previews += [[Image.fromarray(p[i]).resize(new[i].size, Image.NEAREST) for p in prev]
+                             for i in range(hi - lo)]
+        bits = [jnp.concatenate(per_scale, 0) for per_scale in zip(*bits)]
+        return GenerationResult(pil, previews, bits, tuple(sched), seconds, compile_s)

@@ -18,7 +18,6 @@ reused; guidance and temperature are traced values, so changing them does not re
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -263,7 +262,6 @@ class Sampler:
         seeds = jnp.asarray(seeds)
         keys = jax.vmap(jax.random.PRNGKey)(seeds.astype(jnp.uint32)) if seeds.ndim == 1 else seeds
         n_replay = 0 if replay_bits is None else (len(replay_bits) if replay_scales is None else min(replay_scales, len(replay_bits)))
-        t0 = time.perf_counter()
         tc, x = self._prepare_fn(use_cfg)(self.state, text, text_mask,
                                            None if neg_text is None else jnp.asarray(neg_text, jnp.float32),
                                            None if neg_mask is None else jnp.asarray(neg_mask).astype(bool))

@@ -36,10 +36,13 @@ from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
 from infinity_jax import train as train_cli
+from infinity_jax.bundle import with_block_dtype
 from infinity_jax.data.bucketing import make_buckets
 from infinity_jax.sampling.sampler import Sampler
 from infinity_jax.schedules import tokenizer_schedule
 from infinity_jax.sharding import make_mesh
+from infinity_jax.text.config import preset as t5_preset
+from infinity_jax.text.t5 import Model as T5
 from infinity_jax.tools.tpu import ChipSpec, TopologyError, chip_for_device_kind, parse_topology, topology_devices
 from infinity_jax.training.compile_report import (GIB, attention_label, fmt_bytes, format_train_report,
                                                   program_stats, roofline, shard_bytes, train_report)
@@ -90,11 +93,13 @@ def compile_train(config, devices, *, chip: ChipSpec | None = None, hbm_gib: flo
 
 # ------------------------------------------------------------------------------------ sampler
 def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: str | None = None,
+                    param_dtype: str | None = None, text_encoder: str | None = None,
                     chip: ChipSpec | None = None, hbm_gib: float | None = None, h_div_w: float = 1.0) -> dict:
     """Compile the sampler's per-scale programs on one chip for ``batch`` images (guidance on
     unless ``cfg == 1``) at ``config.pn``, template ``h_div_w`` (or ``config.schedule``); parameters
-    as the pipeline holds them (float32), compute and KV cache in ``dtype`` (default
-    ``config.model.dtype``)."""
+    as the pipeline holds them (float32, or the blocks in ``param_dtype``), compute and KV cache in
+    ``dtype`` (default ``config.model.dtype``). ``text_encoder`` (a T5 preset, e.g. ``flan-t5-xl``)
+    adds its parameters, resident beside the sampler in the pipeline, in ``param_dtype``."""
     mcfg = model_config(config)
     mcfg = mcfg.replace(dtype=str(dtype or mcfg.dtype))
     vcfg = vae_config(config, mcfg)
@@ -103,8 +108,16 @@ def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: 
     chip = chip or chip_for_device_kind(device.device_kind)
     hbm = hbm_gib * GIB if hbm_gib else (chip.hbm_bytes if chip else None)
     sh = SingleDeviceSharding(device)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Infinity(mcfg, rngs=nnx.Rngs(0))))
+    abstract = nnx.eval_shape(lambda: Infinity(mcfg, rngs=nnx.Rngs(0)))
+    if param_dtype:
+        abstract = with_block_dtype(abstract, param_dtype)
+    graphdef, state = nnx.split(abstract)
     state = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh), state)
+    text_bytes = 0
+    if text_encoder:
+        tdt = jnp.dtype(param_dtype or jnp.float32)
+        t5 = nnx.eval_shape(lambda: T5(t5_preset(text_encoder), dtype=tdt, param_dtype=tdt, rngs=nnx.Rngs(0)))
+        text_bytes = shard_bytes(nnx.state(t5, nnx.Param))
     sampler = Sampler.from_abstract(graphdef, state, mcfg)
     use_cfg = float(cfg) != 1.0
     prepare, steps = sampler.programs(scales, batch, use_cfg)
@@ -140,15 +153,17 @@ def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: 
         caches, summed = placed(out[0]), placed(out[3])
         x = placed(out[4]) if out[4] is not None else None
     peak = max(p["memory"]["total"] for p in per_scale)
+    total = peak + text_bytes
     est = sum(p["roofline"]["time_s"] for p in per_scale) if chip else None
     return {
         "program": "sampler", "size": str(config.size), "pn": str(config.pn), "attention_impl": mcfg.attention_impl,
         "attention_backend": resolve_attention(mcfg.attention_impl),
-        "dtype": mcfg.dtype, "batch": batch, "guidance": use_cfg, "template": h_div_w, "tokens": L,
+        "dtype": mcfg.dtype, "param_dtype": str(jnp.dtype(param_dtype or jnp.float32)), "batch": batch, "guidance": use_cfg, "template": h_div_w, "tokens": L,
         "scales": len(scales),
         "chips": 1, "device_kind": device.device_kind, "chip": chip.name if chip else None, "hbm_bytes": hbm,
         "param_bytes": shard_bytes(state), "kv_cache_bytes": shard_bytes(caches),
-        "peak_bytes": peak, "fits": (peak <= hbm) if hbm else None, "per_scale": per_scale,
+        "peak_bytes": peak, "text_encoder": text_encoder, "text_encoder_bytes": text_bytes, "total_bytes": total,
+        "fits": (total <= hbm) if hbm else None, "per_scale": per_scale,
         "estimate_seconds_per_image": est / batch if est is not None else None,
         "official_h100_seconds_per_image": OFFICIAL_H100_SECONDS_PER_IMAGE,
         "compile_seconds": time.perf_counter() - t0,
@@ -162,11 +177,15 @@ def format_sampler_report(r: dict) -> str:
     worst = max(r["per_scale"], key=lambda p: p["memory"]["total"])
     lines = [
         f"sampler, Infinity-{r['size']} pn={r['pn']} ({r['scales']} scales, {r['tokens']} tokens), batch {r['batch']}"
-        f"{' + guidance' if r['guidance'] else ''}, {r['dtype']}, attention {attention_label(r)}; one {r['device_kind']}",
+        f"{' + guidance' if r['guidance'] else ''}, {r['dtype']} (block parameters {r['param_dtype']}), "
+        f"attention {attention_label(r)}; one {r['device_kind']}",
         f"  parameters {fmt_bytes(r['param_bytes'])}, KV cache {fmt_bytes(r['kv_cache_bytes'])}; peak per scale program "
         f"(arguments + temporaries + outputs + code) {fmt_bytes(r['peak_bytes'])} at scale {worst['scale']} "
-        f"{worst['grid'][0]}x{worst['grid'][1]}, of {hbm}: {fit}",
+        f"{worst['grid'][0]}x{worst['grid'][1]}",
     ]
+    if r["text_encoder"]:
+        lines.append(f"  + text encoder {r['text_encoder']} resident: {fmt_bytes(r['text_encoder_bytes'])}")
+    lines.append(f"  total {fmt_bytes(r['total_bytes'])} of {hbm}: {fit}")
     if r["estimate_seconds_per_image"] is not None:
         lines.append(f"  roofline ESTIMATE (not a measurement): {r['estimate_seconds_per_image']:.3g} s per image "
                      f"(transformer scales only); official Infinity-2B: {r['official_h100_seconds_per_image']} s "
@@ -187,6 +206,11 @@ def _define_flags() -> dict:
         "sampler_batch": flags.DEFINE_integer("sampler_batch", 1, "Images per sampler call."),
         "sampler_cfg": flags.DEFINE_float("sampler_cfg", 3.0, "Sampler guidance (1 = off: no unconditional rows)."),
         "sampler_dtype": flags.DEFINE_string("sampler_dtype", None, "Sampler dtype (default: config.model.dtype)."),
+        "sampler_param_dtype": flags.DEFINE_string("sampler_param_dtype", None, "Storage dtype of the blocks' (and the "
+                                                   "text encoder's) parameters (default float32; bfloat16 as the "
+                                                   "official inference, generate --param_dtype)."),
+        "sampler_text_encoder": flags.DEFINE_string("sampler_text_encoder", None, "Count this T5 encoder's parameters "
+                                                    "as resident beside the sampler (e.g. flan-t5-xl)."),
         "json": flags.DEFINE_string("json", None, "Also write the report as JSON to this file ('-': JSON on stdout, "
                                                   "the text on stderr)."),
     }
@@ -200,7 +224,8 @@ def _default(o):
 
 
 def run(config, topology: str, parts=("train", "sampler"), *, batch=None, attention_impl=None, hbm_gib=None,
-        sampler_batch=1, sampler_cfg=3.0, sampler_dtype=None, echo=print) -> dict:
+        sampler_batch=1, sampler_cfg=3.0, sampler_dtype=None, sampler_param_dtype=None, sampler_text_encoder=None,
+        echo=print) -> dict:
     """Compile ``parts`` for ``topology``; returns ``{"topology", "train"?, "sampler"?, "fits"}``."""
     target = parse_topology(topology)
     unknown = set(parts) - {"train", "sampler"}
@@ -214,6 +239,7 @@ def run(config, topology: str, parts=("train", "sampler"), *, batch=None, attent
         echo(format_train_report(out["train"]))
     if "sampler" in parts:
         out["sampler"] = compile_sampler(config, devices[0], batch=sampler_batch, cfg=sampler_cfg, dtype=sampler_dtype,
+                                         param_dtype=sampler_param_dtype, text_encoder=sampler_text_encoder,
                                          chip=target.chip, hbm_gib=hbm_gib)
         echo(format_sampler_report(out["sampler"]))
     out["fits"] = all(out[p]["fits"] is not False for p in parts)
@@ -233,7 +259,8 @@ def main(argv, config_flag, f: dict) -> None:
         report = run(config_flag.value, f["topology"].value, tuple(f["parts"].value), batch=f["batch"].value,
                      attention_impl=f["attention_impl"].value, hbm_gib=f["hbm_gib"].value,
                      sampler_batch=f["sampler_batch"].value, sampler_cfg=f["sampler_cfg"].value,
-                     sampler_dtype=f["sampler_dtype"].value,
+                     sampler_dtype=f["sampler_dtype"].value, sampler_param_dtype=f["sampler_param_dtype"].value,
+                     sampler_text_encoder=f["sampler_text_encoder"].value,
                      echo=(lambda t: print(t, file=sys.stderr)) if only_json else print)
     except (ConfigError, TopologyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -246,7 +273,7 @@ def main(argv, config_flag, f: dict) -> None:
             fh.write(text)
     if not report["fits"]:
         what = [p for p in ("train", "sampler") if p in report and report[p]["fits"] is False]
-        need = {p: report[p]["memory"]["total"] if p == "train" else report[p]["peak_bytes"] for p in what}
+        need = {p: report[p]["memory"]["total"] if p == "train" else report[p]["total_bytes"] for p in what}
         print("error: does not fit: " + ", ".join(f"{p} needs {fmt_bytes(need[p])} per chip" for p in what)
               + f"; the chip has {fmt_bytes(report[what[0]]['hbm_bytes'])}", file=sys.stderr)
         sys.exit(3)

@@ -356,7 +356,7 @@ class Trainer:
 
     def step_function(self, bucket: Bucket):
         """The pure train step for one template: ``(state, vae_params, batch) -> (state, metrics)``."""
-        c, mcfg = self.config, self.mcfg
+        c = self.config
         scales = bucket.scales
         ema_decay = float(c.optim.ema_decay)
 

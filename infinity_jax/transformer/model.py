@@ -14,7 +14,6 @@ Data flow (teacher forcing)::
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import NamedTuple, Sequence
 

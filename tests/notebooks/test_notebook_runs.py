@@ -1,7 +1,6 @@
 """The inference notebook runs top to bottom (smoke mode: a tiny checkpoint made here, CPU)."""
 import base64
 import io
-import json
 import pathlib
 
 import nbformat

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import fixture, schedule
+from helpers import convert_fixture, fixture, schedule
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -22,24 +22,15 @@ def _run(*args, ok=True):
     return p
 
 
-def _convert(folder, out):
-    from infinity_jax.convert import convert
-
-    convert(transformer_path=folder / "weights_infinity.npz", vae_path=folder / "weights_vae.npz",
-            out=out, official_config=folder / "manifest.json", sampling={"cfg": 4.0, "tau": 0.5},
-            log=lambda *a: None)
-    return out
-
-
 @pytest.fixture(scope="module")
 def ckpt(official, tmp_path_factory):
     """Each reference fixture converted from its official files and manifest (the layout read from it)."""
-    return _convert(official, tmp_path_factory.mktemp("ckpt") / official.name)
+    return convert_fixture(official, tmp_path_factory.mktemp("ckpt") / official.name)
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(official_tiny, tmp_path_factory):
-    return _convert(official_tiny, tmp_path_factory.mktemp("ckpt") / "tiny")
+    return convert_fixture(official_tiny, tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 def test_checkpoint_reproduces_official_greedy_image(ckpt, official):
@@ -70,7 +61,7 @@ def test_generate_command_writes_pngs(ckpt, official, tmp_path):
     _, inputs, _ = fixture(str(official))
     np.savez(tmp_path / "f.npz", features=inputs["text_features"], mask=inputs["text_mask"])
     p = _run("infinity_jax.generate", f"--ckpt={ckpt}", f"--text_features={tmp_path / 'f.npz'}", "--resolution=0.06M",
-             "--batch=2", "--save_scales", f"--out={tmp_path / 'out'}")
+             "--batch=2", "--save_scales", "--param_dtype=bfloat16", f"--out={tmp_path / 'out'}")
     for i in range(2):
         im = Image.open(tmp_path / "out" / f"{i:04d}.png")
         assert im.size == (256, 256)

@@ -218,6 +218,29 @@ def test_report_fields(tiny_report):
     json.dumps(r, default=str)  # the --json output
 
 
+def test_sampler_with_bfloat16_blocks_and_a_resident_text_encoder(tiny_report):
+    """The pipeline's memory options: bfloat16 block parameters (``generate --param_dtype``) and the
+    T5 encoder's parameters counted beside the sampler."""
+    from infinity_jax.text.config import preset
+    from infinity_jax.text.t5 import Model as T5
+    from infinity_jax.tools import aot
+
+    full = tiny_report[0]["sampler"]
+    lines = []
+    r = aot.run(load_config(), "v5p:2x2x1", ("sampler",), echo=lines.append, sampler_param_dtype="bfloat16",
+                sampler_text_encoder="small")["sampler"]
+    assert full["param_dtype"] == "float32" and r["param_dtype"] == "bfloat16"
+    assert full["text_encoder_bytes"] == 0 and full["total_bytes"] == full["peak_bytes"]
+    # the blocks hold most of the parameters: bfloat16 stores them in about half the bytes
+    assert 0.45 * full["param_bytes"] < r["param_bytes"] < 0.75 * full["param_bytes"]
+    t5 = nnx.eval_shape(lambda: T5(preset("small"), rngs=nnx.Rngs(0)))
+    n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nnx.state(t5, nnx.Param)))
+    assert r["text_encoder_bytes"] == 2 * n
+    assert r["total_bytes"] == r["peak_bytes"] + r["text_encoder_bytes"] and r["fits"] is True
+    text = "\n".join(lines)
+    assert "block parameters bfloat16" in text and "text encoder small resident" in text
+
+
 def test_cli_exits_nonzero_when_it_does_not_fit(tmp_path):
     needs_libtpu()
     cmd = [sys.executable, "-m", "infinity_jax.tools.aot", f"--config={CONFIG_FILE}:size=tiny,runlocal=True",

@@ -7,7 +7,7 @@ from flax import nnx
 
 from infinity_jax.state_dict import CheckpointMismatchError
 from infinity_jax.transformer.config import OFFICIAL_PARAM_COUNTS, SIZE_NAMES, InfinityConfig, size_config
-from infinity_jax.transformer.convert import block_prefix, export_official, load, load_official
+from infinity_jax.transformer.convert import block_prefix, export_official, load
 from infinity_jax.transformer.flops import forward_flops, param_count
 from infinity_jax.transformer.model import Infinity
 
