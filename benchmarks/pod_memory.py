@@ -67,7 +67,8 @@ def train_row(r: dict, size: str, pn: str, topology: str) -> str:
     est = f"{rl['time_s']:.3g} s, MFU {100 * rl['mfu']:.0f} %" if rl.get("mfu") is not None else ""
     return (f"| {size} | {pn} | {topology} ({t['chips']}) | {t['global_batch']} | {state / GIB:.2f} | "
             f"{m['temporaries'] / GIB:.2f} | {m['total'] / GIB:.2f} / {t['hbm_bytes'] / GIB:.0f} | "
-            f"{t['flops']['hlo_matmul'] / 1e12:.2f} | {'yes' if t['fits'] else 'NO'} ({est}) | "
+            f"{(t['flops']['hlo_matmul'] + t['flops'].get('pallas_kernels_analytic', 0)) / 1e12:.2f} | "
+            f"{'yes' if t['fits'] else 'NO'} ({est}) | "
             f"{t['compile_seconds']:.0f} |")
 
 
@@ -155,7 +156,7 @@ def main() -> None:
             print(f"    {r['status']}, {r['wall_s']:.0f} s", file=sys.stderr, flush=True)
     print(f"attention_impl: {a.attention_impl or 'config default'}; per chip; times are roofline ESTIMATES\n")
     print("| size | pn | slice (chips) | batch | params + optimizer GiB | temporaries GiB | total / HBM GiB | "
-          "TFLOP per step | fits (estimate) | compile s |")
+          "TFLOP per step (HLO matmuls + attention kernels) | fits (estimate) | compile s |")
     print("|---|---|---|---:|---:|---:|---:|---:|---|---:|")
     print("\n".join(lines))
     if sampler_lines:

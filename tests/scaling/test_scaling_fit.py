@@ -2,8 +2,10 @@
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -234,8 +236,7 @@ def test_analyze_command_line(tmp_path):
     assert (tmp_path / "analysis" / "loss_scaling.png").exists()
 
 
-@pytest.mark.skipif(not os.environ.get("INFINITY_JAX_SLOW"),
-                    reason="trains 3 toy models (a few minutes); set INFINITY_JAX_SLOW=1")
+@pytest.mark.slow  # trains 3 toy models (a few minutes)
 def test_toy_sweep_runs_and_resumes(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
@@ -244,11 +245,22 @@ def test_toy_sweep_runs_and_resumes(tmp_path):
            "--mode=iso_flop",
            f"--workdir={tmp_path}"]
     root = pathlib.Path(__file__).resolve().parents[2]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=900)
+    # SIGTERM once the first point is validated: the size's step is saved, the sweep exits 128 + 15
+    first = tmp_path / "s1" / "validation.jsonl"
+    with open(tmp_path / "stopped.log", "w") as log:
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+        deadline = time.monotonic() + 600
+        while p.poll() is None and not (first.exists() and first.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=300) == 128 + signal.SIGTERM, (tmp_path / "stopped.log").read_text()[-3000:]
+    assert "stopped by signal 15; checkpoint saved" in (tmp_path / "stopped.log").read_text()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=900)  # resumes and ends
     assert r.returncode == 0, r.stderr[-3000:]
-    recs = [json.loads(x) for x in (tmp_path / "s2" / "validation.jsonl").read_text().splitlines()]
-    plan = json.loads((tmp_path / "s2" / "plan.json").read_text())
-    assert [r["step"] for r in recs] == [q["steps"] for q in plan["points"]]
+    for size in ("s1", "s2", "s3"):  # every point validated once, in order, across the stop
+        recs = [json.loads(x) for x in (tmp_path / size / "validation.jsonl").read_text().splitlines()]
+        plan = json.loads((tmp_path / size / "plan.json").read_text())
+        assert [r["step"] for r in recs] == [q["steps"] for q in plan["points"]]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=900)  # resumes: nothing to do
     assert r.returncode == 0 and "validated already" in r.stderr + r.stdout
     r = subprocess.run([c if not c.startswith("--budget") else "--budget=2e10" for c in cmd], capture_output=True,
