@@ -239,6 +239,11 @@ def test_sampler_with_bfloat16_blocks_and_a_resident_text_encoder(tiny_report):
     assert r["total_bytes"] == r["peak_bytes"] + r["text_encoder_bytes"] and r["fits"] is True
     text = "\n".join(lines)
     assert "block parameters bfloat16" in text and "text encoder small resident" in text
+    # only the last scale's program compiled (the earlier ones traced for shapes): the same program
+    last = aot.run(load_config(), "v5p:2x2x1", ("sampler",), echo=lines.append, sampler_last_scales=1)["sampler"]
+    assert last["scales_compiled"] == 1 and [p["scale"] for p in last["per_scale"]] == [full["scales"] - 1]
+    assert last["per_scale"][0]["memory"] == full["per_scale"][-1]["memory"]
+    assert last["estimate_seconds_per_image"] is None and "compiled 1 of 3 scale programs" in lines[-1]
 
 
 def test_cli_exits_nonzero_when_it_does_not_fit(tmp_path):
