@@ -45,6 +45,10 @@ from infinity_jax.transformer.config import ATTENTION_IMPLEMENTATIONS as IMPLEME
 CPU_IMPLEMENTATIONS = ("reference", "xla", "dot_product", "splash")
 #: Default number of queries per chunk of the ``xla`` backend.
 DEFAULT_Q_CHUNK = InfinityConfig.attention_q_chunk
+#: most bytes of float32 logits one query chunk of :func:`prefix_attention` may hold: the sampler's
+#: last 1M scale (2 x 16 heads x 4,096 queries against 10,521 cached keys) would otherwise hold
+#: 1.3 GiB of logits per 1,024-query chunk, with as much again for the probabilities
+LOGITS_BUDGET_BYTES = 256 * 2 ** 20
 _NEG = -1e30
 
 
@@ -233,11 +237,12 @@ def block_causal_attention(q, k, v, offsets: Sequence[int], *, impl: str = "xla"
 
 
 def prefix_attention(q, k, v, key_mask=None, *, scale: float = 1.0, impl: str = "xla",
-                     q_chunk: int = DEFAULT_Q_CHUNK) -> jax.Array:
+                     q_chunk: int = DEFAULT_Q_CHUNK, logits_budget: int = LOGITS_BUDGET_BYTES) -> jax.Array:
     """Every query sees every key (subject to ``key_mask`` (B,Lk) bool). Returns (B,Lq,H,hd).
 
     Serves the KV-cache sampler (one scale against the cache prefix) and cross-attention to a
-    padded caption. ``splash`` has no kernel for this pattern and uses ``xla``.
+    padded caption. ``splash`` has no kernel for this pattern and uses ``xla``, with query chunks
+    of at most ``q_chunk`` rows and at most ``logits_budget`` bytes of float32 logits each.
     """
     impl = resolve(impl)
     if impl == "reference":
@@ -245,4 +250,8 @@ def prefix_attention(q, k, v, key_mask=None, *, scale: float = 1.0, impl: str = 
         return reference_attention(q, k, v, mask, scale)
     if impl == "dot_product":
         return _dot_product(q, k, v, key_mask, scale)
+    B, n, H, _ = q.shape
+    rows = max(1, int(logits_budget) // (B * H * k.shape[1] * 4))
+    if rows < min(q_chunk, n):  # equal chunks under the budget
+        q_chunk = -(-n // -(-n // rows))
     return _chunked(q, k, v, key_mask, scale, q_chunk)

@@ -71,6 +71,22 @@ def test_prefix_attention_with_padding(impl):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0, err_msg=f"d{name}")
 
 
+def test_prefix_attention_keeps_its_logits_under_the_budget():
+    """The sampler's last scale against a long cache: query chunks shrink until one chunk's float32
+    logits fit ``logits_budget``; the result is the reference's."""
+    q, k, v = _qkv(50, B=2, H=4, hd=8, Lq=37, seed=2)
+    mask = jnp.asarray(np.arange(50)[None] < np.array([50, 31])[:, None])
+    ref = A.prefix_attention(q, k, v, mask, impl="reference")
+    budget = 5 * 2 * 4 * 50 * 4  # 5 query rows of (B, H, Lk) float32 logits
+    for impl in ("xla", "splash"):
+        fn = lambda q, k, v, impl=impl: A.prefix_attention(q, k, v, mask, impl=impl, logits_budget=budget)
+        np.testing.assert_allclose(np.asarray(fn(q, k, v)), np.asarray(ref), atol=1e-5, rtol=0)
+        chunks = [e.primitive.name for e in jax.make_jaxpr(fn)(q, k, v).jaxpr.eqns].count("remat2")
+        assert chunks == 8, chunks  # 37 rows in 8 chunks of at most 5
+    whole = jax.make_jaxpr(lambda q, k, v: A.prefix_attention(q, k, v, mask, impl="xla"))(q, k, v)
+    assert [e.primitive.name for e in whole.jaxpr.eqns].count("remat2") == 0  # within the default budget: one chunk
+
+
 def test_auto_and_unknown():
     assert A.resolve("auto", "cpu") == "xla"
     assert A.resolve("auto", "tpu") == "splash"
