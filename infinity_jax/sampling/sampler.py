@@ -126,6 +126,12 @@ class Sampler:
         self.compile_seconds = 0.0
         return self
 
+    def cache_shape(self, rows: int, length: int) -> tuple[int, int, int, int]:
+        """Shape of one layer's key (or value) cache: ``(rows, heads, length rounded up to 128,
+        head_dim)``: heads-major as attention reads it, and a length that tiles without padding,
+        so that no program relayouts (copies) a cache; the rows past ``length`` are never read."""
+        return rows, self.cfg.num_heads, -(-length // 128) * 128, self.cfg.head_dim
+
     def programs(self, scales: Sequence[Sequence[int]], B: int, use_cfg: bool, cfg_insertion_layer: int = 0):
         """``(prepare, [step_k for every scale])``: the jitted programs :meth:`generate` runs."""
         scales = tuple((1, int(s[-2]), int(s[-1])) for s in scales)
@@ -180,11 +186,12 @@ class Sampler:
             for i in range(mcfg.depth):
                 blk = blocks[i] if blocks is not None else nnx.merge(bg, jax.tree.map(lambda a: a[i], bs))
 
-                def write(kk, vv, i=i):
-                    kc = jax.lax.dynamic_update_slice(new_caches[i][0], kk.astype(new_caches[i][0].dtype), (0, off, 0, 0))
-                    vc = jax.lax.dynamic_update_slice(new_caches[i][1], vv.astype(new_caches[i][1].dtype), (0, off, 0, 0))
+                def write(kk, vv, i=i):  # (B, n, H, hd) -> the visible prefix (B, off + n, H, hd)
+                    put = lambda c, t: jax.lax.dynamic_update_slice(c, t.transpose(0, 2, 1, 3).astype(c.dtype),
+                                                                    (0, 0, off, 0))
+                    kc, vc = put(new_caches[i][0], kk), put(new_caches[i][1], vv)
                     new_caches[i] = (kc, vc)
-                    return kc[:, :off + n], vc[:, :off + n]
+                    return kc[:, :, :off + n].transpose(0, 2, 1, 3), vc[:, :, :off + n].transpose(0, 2, 1, 3)
 
                 x = blk(x, tc.ada, tc.ca_kv, tc.text_mask, cos_sin, None, dtype=dtype, kv_cache=write)
                 if use_cfg and cfg_layer < 0 and i == mcfg.depth + cfg_layer:
@@ -267,8 +274,8 @@ class Sampler:
                                            None if neg_mask is None else jnp.asarray(neg_mask).astype(bool))
         L = scale_offsets(scales)[-1]
         BB = 2 * B if use_cfg else B
-        caches = tuple((jnp.zeros((BB, L, mcfg.num_heads, mcfg.head_dim), self.cache_dtype),
-                        jnp.zeros((BB, L, mcfg.num_heads, mcfg.head_dim), self.cache_dtype)) for _ in range(mcfg.depth))
+        caches = tuple((jnp.zeros(self.cache_shape(BB, L), self.cache_dtype),
+                        jnp.zeros(self.cache_shape(BB, L), self.cache_dtype)) for _ in range(mcfg.depth))
         vs = tokenizer_schedule(scales, mcfg.apply_spatial_patchify)
         summed = jnp.zeros((B, vs[-1][1], vs[-1][2], mcfg.codebook_dim), jnp.float32)
         bits_out, logits_out, prev = [], [], [] if previews else None

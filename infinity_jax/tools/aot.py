@@ -135,7 +135,7 @@ def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: 
     tc, x = placed(jax.eval_shape(prepare, state, text, mask, None, None))
     L = sum(h * w for _, h, w in scales)
     BB = 2 * batch if use_cfg else batch
-    caches = tuple((sds((BB, L, mcfg.num_heads, mcfg.head_dim), sampler.cache_dtype),) * 2
+    caches = tuple((sds(sampler.cache_shape(BB, L), sampler.cache_dtype),) * 2
                    for _ in range(mcfg.depth))
     vs = tokenizer_schedule(scales, mcfg.apply_spatial_patchify)
     summed = sds((batch, vs[-1][1], vs[-1][2], mcfg.codebook_dim), jnp.float32)
