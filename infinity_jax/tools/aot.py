@@ -218,7 +218,7 @@ def _define_flags() -> dict:
                                                    "text encoder's) parameters (default float32; bfloat16 as the "
                                                    "official inference, generate --param_dtype)."),
         "sampler_last_scales": flags.DEFINE_integer("sampler_last_scales", None, "Compile only the last n scales' "
-                                                    "programs (the largest: the peak memory; no time estimate)."),
+                                                    "programs (the largest; no time estimate)."),
         "sampler_text_encoder": flags.DEFINE_string("sampler_text_encoder", None, "Count this T5 encoder's parameters "
                                                     "as resident beside the sampler (e.g. flan-t5-xl)."),
         "json": flags.DEFINE_string("json", None, "Also write the report as JSON to this file ('-': JSON on stdout, "
