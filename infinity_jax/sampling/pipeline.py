@@ -90,8 +90,8 @@ class Pipeline:
                                                               mesh=mesh)
         text = None
         if text_folder is not None:
-            text = (TextEncoder.load(text_folder) if param_dtype is None
-                    else TextEncoder.load(text_folder, dtype=jnp.dtype(param_dtype), param_dtype=jnp.dtype(param_dtype)))
+            half = {} if param_dtype is None else {"dtype": jnp.dtype(param_dtype), "param_dtype": jnp.dtype(param_dtype)}
+            text = TextEncoder.load(text_folder, **half)
         sampling = dict(cfg.get("sampling") or {})
         custom = sampling.pop("schedules", None)
         return cls(transformer, tokenizer, text, sampling_defaults=sampling, schedules_override=custom)
