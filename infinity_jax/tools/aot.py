@@ -135,8 +135,8 @@ def compile_sampler(config, device, *, batch: int = 1, cfg: float = 3.0, dtype: 
     tc, x = placed(jax.eval_shape(prepare, state, text, mask, None, None))
     L = sum(h * w for _, h, w in scales)
     BB = 2 * batch if use_cfg else batch
-    caches = tuple((sds(sampler.cache_shape(BB, L), sampler.cache_dtype),) * 2
-                   for _ in range(mcfg.depth))
+    spec = sampler.cache_spec(BB, scales)
+    caches = (sds(spec.shape, spec.dtype),) * 2
     vs = tokenizer_schedule(scales, mcfg.apply_spatial_patchify)
     summed = sds((batch, vs[-1][1], vs[-1][2], mcfg.codebook_dim), jnp.float32)
     f32 = sds((), jnp.float32)

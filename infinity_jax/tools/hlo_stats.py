@@ -10,7 +10,11 @@ runs its trip count times, read from ``known_trip_count`` or from the loop condi
   async ``-start`` forms) are counted with the bytes of their result per device;
 * matmul FLOPs are ``2 x prod(result) x contracted size`` of every ``dot`` / ``convolution``;
 * HBM bytes are the operand + result bytes of every top-level instruction (fusions, copies,
-  collectives, custom calls; not the instructions inside a fusion), as XLA's estimate does.
+  collectives, custom calls; not the instructions inside a fusion), as XLA's estimate does, except
+  where a slice is read or written in place: a ``dynamic-slice`` / ``slice`` reads its result's
+  bytes, a ``dynamic-update-slice`` reads and writes its update's bytes (the buffer is updated in
+  place), and a fusion operand that is only sliced inside the fusion counts the slices' bytes. A
+  layer loop over stacked parameters or a stacked KV cache reads one layer per trip, not the stack.
 
 All figures are per device (the HLO of an SPMD program is one device's program).
 """
@@ -223,6 +227,94 @@ def _matmul_flops(ins: _Instr, shapes: dict) -> float:
     return 2.0 * float(np.prod(out)) * rhs[labels.index("i")] * taps
 
 
+_SLICES = ("dynamic-slice", "slice")
+_DUS = "dynamic-update-slice"
+
+
+def _params(body: list[_Instr]) -> dict[int, str]:
+    """Parameter number -> instruction name in a computation."""
+    out = {}
+    for ins in body:
+        m = re.match(r"\s*(\d+)\)", ins.args) if ins.op == "parameter" else None
+        if m:
+            out[int(m.group(1))] = ins.name
+    return out
+
+
+def _sliced_read(name: str, body: list[_Instr], comps: dict) -> float | None:
+    """Bytes read of ``name`` (a parameter of ``body``) when it is only sliced (also inside nested
+    fusions, through bitcasts); None when some use reads it whole."""
+    total = 0.0
+    for u in body:
+        ops = _operands(u.args)
+        if name not in ops:
+            continue
+        if u.op == "bitcast":
+            r = _sliced_read(u.name, body, comps)
+        elif u.op in _SLICES and ops[0] == name and ops.count(name) == 1:
+            r = float(type_bytes(u.type))
+        elif u.op == "fusion" and (m := re.search(r"\bcalls=%([\w.\-]+)", u.line)) and m.group(1) in comps:
+            inner = comps[m.group(1)]
+            ps = _params(inner)
+            reads = [_sliced_read(ps[i], inner, comps) if i in ps else None for i, o in enumerate(ops) if o == name]
+            r = None if None in reads else sum(reads)
+        else:
+            r = None
+        if r is None:
+            return None
+        total += r
+    return total
+
+
+def _fusion_traffic(operand_types: list[str], result_type: str, body: list[_Instr], comps: dict) -> float:
+    """HBM bytes of one fusion: its operands and result, with sliced operands counted by the bytes
+    of their slices and a dynamic-update-slice root (in place) by its update's bytes."""
+    by_name = {ins.name: ins for ins in body}
+
+    def source(name: str) -> str:  # through bitcasts, back to what they view
+        while name in by_name and by_name[name].op == "bitcast":
+            name = _operands(by_name[name].args)[0]
+        return name
+
+    root = next((ins for ins in reversed(body) if re.match(r"\s*ROOT\s", ins.line)), body[-1] if body else None)
+    if root is None:
+        return float(sum(type_bytes(t) for t in operand_types) + type_bytes(result_type))
+    outs = [by_name[source(o)] for o in _operands(root.args) if source(o) in by_name] if root.op == "tuple" else [root]
+    in_place, result = set(), 0.0
+    for r in outs:
+        ops = _operands(r.args)
+        if r.op == _DUS and len(ops) >= 2:
+            in_place.add(source(ops[0]))
+            result += type_bytes(by_name[ops[1]].type) if ops[1] in by_name else 0
+        else:
+            result += type_bytes(r.type)
+    if not in_place:
+        result = type_bytes(result_type)
+    params = _params(body)
+    total = result
+    for i, t in enumerate(operand_types):
+        name = params.get(i)
+        if name in in_place:
+            continue
+        read = _sliced_read(name, body, comps) if name is not None else None
+        total += type_bytes(t) if read is None else read
+    return total
+
+
+def _traffic(ins: _Instr, shapes: dict, comps: dict) -> float:
+    """HBM bytes one execution of a top-level instruction reads and writes (see the module docstring)."""
+    ops = [o for o in _operands(ins.args) if o in shapes]
+    if ins.op in _SLICES:
+        return 2.0 * type_bytes(ins.type)
+    if ins.op == _DUS and len(ops) >= 2:
+        return 2.0 * type_bytes(shapes[ops[1]])
+    if ins.op == "fusion":
+        m = re.search(r"\bcalls=%([\w.\-]+)", ins.line)
+        if m and m.group(1) in comps:
+            return _fusion_traffic([shapes[o] for o in ops], ins.type, comps[m.group(1)], comps)
+    return float(sum(type_bytes(shapes[o]) for o in ops) + type_bytes(ins.type))
+
+
 def hlo_stats(text: str) -> HloStats:
     """Collectives, matmul FLOPs and HBM bytes per device and step of an optimized HLO module."""
     comps, entry = parse_module(text)
@@ -273,6 +365,5 @@ def hlo_stats(text: str) -> HloStats:
                 ici += m * nbytes * share
             if name in fused or ins.op in _NO_TRAFFIC or ins.op.endswith("-done"):
                 continue
-            operand_bytes = sum(type_bytes(shapes[o]) for o in _operands(ins.args) if o in shapes)
-            hbm += m * (operand_bytes + type_bytes(ins.type))
+            hbm += m * _traffic(ins, shapes, comps)
     return HloStats(coll, flops, hbm, ici, loops)

@@ -119,6 +119,73 @@ ENTRY %main (a: f32[4,1,16], b: f32[8,16,3]) -> f32[4,1,3] {
     assert hlo_stats(conv).matmul_flops == 2 * 4 * 3 * 16
 
 
+def test_hlo_stats_counts_one_layer_of_a_stack_per_trip():
+    """A layer loop over stacked weights and a stacked cache: each trip reads one layer's slice
+    (also through a nested fusion) and updates the cache in place, so HBM bytes count the slices
+    and the update, not the whole stack per trip."""
+    text = """HloModule s
+
+%slice_w (w: f32[8,64,64], i: s32[]) -> f32[64,64] {
+  %w = f32[8,64,64] parameter(0)
+  %i = s32[] parameter(1)
+  %z = s32[] constant(0)
+  %d = f32[1,64,64] dynamic-slice(%w, %i, %z, %z), dynamic_slice_sizes={1,64,64}
+  ROOT %b = f32[64,64] bitcast(%d)
+}
+
+%mm (x: f32[4,64], w: f32[8,64,64], i: s32[]) -> f32[4,64] {
+  %x = f32[4,64] parameter(0)
+  %w = f32[8,64,64] parameter(1)
+  %i = s32[] parameter(2)
+  %wl = f32[64,64] fusion(%w, %i), kind=kLoop, calls=%slice_w
+  ROOT %d = f32[4,64] dot(%x, %wl), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%put (c: f32[8,1024,64], u: f32[4,64], i: s32[]) -> f32[8,1024,64] {
+  %c = f32[8,1024,64] parameter(0)
+  %u = f32[4,64] parameter(1)
+  %i = s32[] parameter(2)
+  %z = s32[] constant(0)
+  %ub = f32[1,4,64] bitcast(%u)
+  ROOT %r = f32[8,1024,64] dynamic-update-slice(%c, %ub, %i, %z, %z)
+}
+
+%body (p: (s32[], f32[4,64], f32[8,64,64], f32[8,1024,64])) -> (s32[], f32[4,64], f32[8,64,64], f32[8,1024,64]) {
+  %p = (s32[], f32[4,64], f32[8,64,64], f32[8,1024,64]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[4,64] get-tuple-element(%p), index=1
+  %w = f32[8,64,64] get-tuple-element(%p), index=2
+  %c = f32[8,1024,64] get-tuple-element(%p), index=3
+  %y = f32[4,64] fusion(%x, %w, %i), kind=kOutput, calls=%mm
+  %c2 = f32[8,1024,64] fusion(%c, %y, %i), kind=kLoop, calls=%put
+  ROOT %t = (s32[], f32[4,64], f32[8,64,64], f32[8,1024,64]) tuple(%i, %y, %w, %c2)
+}
+
+%cond (p: (s32[], f32[4,64], f32[8,64,64], f32[8,1024,64])) -> pred[] {
+  %p = (s32[], f32[4,64], f32[8,64,64], f32[8,1024,64]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(8)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (x: f32[4,64], w: f32[8,64,64], c: f32[8,1024,64]) -> (s32[], f32[4,64], f32[8,64,64], f32[8,1024,64]) {
+  %x = f32[4,64] parameter(0)
+  %w = f32[8,64,64] parameter(1)
+  %c = f32[8,1024,64] parameter(2)
+  %z = s32[] constant(0)
+  %t = (s32[], f32[4,64], f32[8,64,64], f32[8,1024,64]) tuple(%z, %x, %w, %c)
+  ROOT %r = (s32[], f32[4,64], f32[8,64,64], f32[8,1024,64]) while(%t), condition=%cond, body=%body
+}
+"""
+    s = hlo_stats(text)
+    x, layer, update = 4 * 64 * 4, 64 * 64 * 4, 4 * 64 * 4
+    # per trip: the matmul reads x, one layer's weights and the index, writes y; the cache update reads y
+    # and the index and writes y's bytes in place (the stacks would be 8 x 16 KiB and 8 x 256 KiB)
+    cond = 4 + 4 + 1  # the loop condition's compare, counted once
+    assert s.hbm_bytes == 8 * ((x + layer + 4 + x) + (update + 4 + update)) + cond
+    assert s.matmul_flops == 8 * 2 * 4 * 64 * 64
+
+
 def test_sharding_warns_and_lists_indivisible_params(caplog):
     """embed 132 on fsdp=8: the 'embed' dimensions are replicated, with a warning naming each."""
     cfg = InfinityConfig(depth=1, embed_dim=132, num_heads=3, text_channels=64, text_maxlen=8)
