@@ -145,7 +145,9 @@ class Sampler:
         return jax.ShapeDtypeStruct((c.depth, rows, c.num_heads, length, c.head_dim), self.cache_dtype)
 
     def programs(self, scales: Sequence[Sequence[int]], B: int, use_cfg: bool, cfg_insertion_layer: int = 0):
-        """``(prepare, [step_k for every scale])``: the jitted programs :meth:`generate` runs."""
+        """``(prepare, [step_k for every scale])``: the jitted programs :meth:`generate` runs. A step
+        takes and returns the caches (:meth:`cache_spec`, donated); the first takes None and
+        allocates them."""
         scales = tuple((1, int(s[-2]), int(s[-1])) for s in scales)
         return self._prepare_fn(use_cfg), [self._step_fn(k, scales, B, use_cfg, int(cfg_insertion_layer))
                                            for k in range(len(scales))]
@@ -187,21 +189,27 @@ class Sampler:
         cos_sin_all = rope_cos_sin(mcfg.head_dim, scales)
         cos_sin = jnp.asarray(cos_sin_all[:, off:off + n])
         dtype = jnp.dtype(mcfg.dtype)
+        spec = self.cache_spec(2 * B if use_cfg else B, scales)
 
         def layer(blk, i, x, kc, vc, tc, cfg_k):
-            """Block ``i`` on scale k's tokens; ``kc``/``vc`` (depth, 2B, H, Lc, hd) caches, ``i`` a
-            Python or traced layer index. Returns (x, kc, vc) with this scale's keys/values stored."""
-            stored = {}
+            """Block ``i`` on scale k's tokens; ``kc``/``vc`` (depth, 2B, H, Lc, hd) caches (None at the
+            first scale), ``i`` a Python or traced layer index. Returns (x, kc, vc, new): the caches with
+            this scale's keys/values stored, or at the first scale ``new``, its keys/values (2B, H, n, hd)."""
+            out = {}
 
             def attend_to(kk, vv):  # (2B, n, H, hd) -> the visible prefix [0, off + n) as (2B, off + n, H, hd)
+                kk, vv = kk.astype(self.cache_dtype), vv.astype(self.cache_dtype)
+                if k == 0:  # nothing cached yet
+                    out["new"] = (kk.transpose(0, 2, 1, 3), vv.transpose(0, 2, 1, 3))
+                    return kk, vv
+
                 def seen(c, t):
                     prefix = jax.lax.dynamic_index_in_dim(c, i, 0, keepdims=False)[:, :, :off]
-                    return jnp.concatenate([prefix.transpose(0, 2, 1, 3), t.astype(c.dtype)], axis=1)
+                    return jnp.concatenate([prefix.transpose(0, 2, 1, 3), t], axis=1)
 
                 if k != K - 1:  # the last scale stores nothing: no later scale reads it
-                    put = lambda c, t: jax.lax.dynamic_update_slice(
-                        c, t.transpose(0, 2, 1, 3)[None].astype(c.dtype), (i, 0, 0, off, 0))
-                    stored["k"], stored["v"] = put(kc, kk), put(vc, vv)
+                    put = lambda c, t: jax.lax.dynamic_update_slice(c, t.transpose(0, 2, 1, 3)[None], (i, 0, 0, off, 0))
+                    out["k"], out["v"] = put(kc, kk), put(vc, vv)
                 return seen(kc, kk), seen(vc, vv)
 
             x = blk(x, tc.ada, tc.ca_kv, tc.text_mask, cos_sin, None, dtype=dtype, kv_cache=attend_to)
@@ -209,23 +217,32 @@ class Sampler:
                 hit = i == mcfg.depth + cfg_layer
                 mixed = lambda: jnp.tile(cfg_k * x[:B] + (1 - cfg_k) * x[B:], (2, 1, 1))
                 x = (mixed() if hit else x) if isinstance(hit, bool) else jnp.where(hit, mixed(), x)
-            return x, stored.get("k", kc), stored.get("v", vc)
+            return x, out.get("k", kc), out.get("v", vc), out.get("new")
 
         def step(state, caches, x, tc: TextCondition, cfg_k, tau_k, rule, keys, replay, replay_bits, summed):
             model = nnx.merge(graphdef, state)
             x = x + model.lvl_embed[...][k][None, None]
-            kc, vc = caches
+            kc, vc = caches if k else (None, None)
             if mcfg.scan_blocks:  # one compiled layer, the caches carried and updated in place
                 bg, bs = nnx.split(model.blocks)
 
                 def body(carry, inp):
                     st, i = inp
-                    return layer(nnx.merge(bg, st), i, *carry, tc, cfg_k), None
+                    x, kc, vc, new = layer(nnx.merge(bg, st), i, *carry, tc, cfg_k)
+                    return (x, kc, vc), new
 
-                (x, kc, vc), _ = jax.lax.scan(body, (x, kc, vc), (bs, jnp.arange(mcfg.depth)))
+                (x, kc, vc), new = jax.lax.scan(body, (x, kc, vc), (bs, jnp.arange(mcfg.depth)))
             else:
+                news = []
                 for i, blk in enumerate(model.blocks):
-                    x, kc, vc = layer(blk, i, x, kc, vc, tc, cfg_k)
+                    x, kc, vc, n_i = layer(blk, i, x, kc, vc, tc, cfg_k)
+                    news.append(n_i)
+                new = jax.tree.map(lambda *t: jnp.stack(t), *news) if k == 0 else None
+            if k == 0:  # the first scale allocates the caches with its keys/values in place: a zero cache
+                # carried through the layer loop (or donated) came back from XLA:TPU as a copy of the whole stack
+                fill = lambda t: jnp.zeros(spec.shape, spec.dtype).at[:, :, :, :n].set(t) if K > 1 else jnp.zeros(
+                    spec.shape, spec.dtype)  # a one-scale schedule caches nothing
+                kc, vc = fill(new[0]), fill(new[1])
             raw, _ = model.logits(x, tc.cond)
             if use_cfg and cfg_layer == 0:
                 lg = raw / tau_k
@@ -301,8 +318,7 @@ class Sampler:
         tc, x = self._prepare_fn(use_cfg)(self.state, text, text_mask,
                                            None if neg_text is None else jnp.asarray(neg_text, jnp.float32),
                                            None if neg_mask is None else jnp.asarray(neg_mask).astype(bool))
-        spec = self.cache_spec(2 * B if use_cfg else B, scales)
-        caches = (jnp.zeros(spec.shape, spec.dtype), jnp.zeros(spec.shape, spec.dtype))
+        caches = None  # the first scale's program allocates them
         vs = tokenizer_schedule(scales, mcfg.apply_spatial_patchify)
         summed = jnp.zeros((B, vs[-1][1], vs[-1][2], mcfg.codebook_dim), jnp.float32)
         bits_out, logits_out, prev = [], [], [] if previews else None

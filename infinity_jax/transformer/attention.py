@@ -21,9 +21,10 @@ Backends (``InfinityConfig.attention_impl``):
                Memory O(q_chunk x L) per head instead of O(L^2). Any backend.
 ``dot_product`` ``jax.nn.dot_product_attention`` per scale: cuDNN flash attention on GPU for
                16-bit inputs, XLA otherwise.
-``splash``     the Pallas TPU splash-attention kernel with the block-causal mask computed
-               inside the kernel (no mask array); on other backends it runs in Pallas
-               interpret mode (slow; for tests).
+``splash``     the Pallas TPU splash-attention kernel with the block-causal mask (or, for
+               :func:`prefix_attention` without a key mask, the padded-prefix mask)
+               computed inside the kernel (no mask array); on other backends it runs in
+               Pallas interpret mode (slow; for tests).
 ``auto``       ``splash`` on TPU, ``dot_product`` on GPU, ``xla`` on CPU.
 =============  =========================================================================
 """
@@ -151,50 +152,76 @@ def _splash_mask_function(offsets: tuple[int, ...]):
     return visible
 
 
-def _splash_kernel(offsets: tuple[int, ...], padded: int, heads: int, interpret: bool, block: int):
-    class BlockCausalMask(sm._ComputableMask):  # noqa: SLF001 - the documented way to add a lazy mask
+def _prefix_mask_function(visible: int):
+    """Every query sees keys [0, visible): the padded keys past the real prefix are hidden."""
+    return lambda q_ids, kv_ids: kv_ids < visible + 0 * q_ids
+
+
+def _splash_kernel(shape: tuple[int, int], mask_function, key: tuple, heads: int, interpret: bool,
+                   block_q: int, block_kv: int):
+    """A splash-attention kernel over a (q, kv) grid of ``shape`` whose mask ``mask_function``
+    computes inside the kernel (no mask array); ``key`` identifies the mask for tracing caches."""
+    class ComputedMask(sm._ComputableMask):  # noqa: SLF001 - the documented way to add a lazy mask
         def __init__(self):
-            super().__init__(shape=(padded, padded), mask_function=_splash_mask_function(offsets))
+            super().__init__(shape=shape, mask_function=mask_function)
 
         def __eq__(self, other):
-            return isinstance(other, BlockCausalMask) and other.shape == self.shape
+            return isinstance(other, ComputedMask) and other.shape == self.shape
 
         def __hash__(self):
-            return hash((BlockCausalMask, self.shape, offsets))
+            return hash((ComputedMask, self.shape, key))
 
-    mask = sm.MultiHeadMask([BlockCausalMask() for _ in range(heads)])
-    sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
-                          block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    mask = sm.MultiHeadMask([ComputedMask() for _ in range(heads)])
+    sizes = sk.BlockSizes(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv, block_q_dkv=block_q,
+                          block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv, block_q_dq=block_q, block_kv_dq=block_kv)
     # built per trace: its mask tables become constants of the program that uses them
     return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
-def _splash_block_causal(q, k, v, offsets: tuple[int, ...], block: int = 128):
-    """Splash attention over the padded sequence; q/k/v (B,L,H,hd) -> (B,L,H,hd).
-
-    The compiled kernel when lowering for TPU (also a TPU topology compiled from a CPU host), the
-    same kernel in Pallas interpret mode for any other platform.
-    """
-    B, L, H, hd = q.shape
-    padded = -(-L // block) * block
+def _splash(q, k, v, kernel_for, q_padded: int, kv_padded: int):
+    """Run ``kernel_for(heads, interpret)`` on q (B,Lq,H,hd) and k/v (B,Lk,H,hd) padded to
+    ``q_padded`` / ``kv_padded`` rows -> (B,Lq,H,hd). The compiled kernel when lowering for TPU (also
+    a TPU topology compiled from a CPU host), the same kernel in Pallas interpret mode elsewhere;
+    ``shard_map`` over batch and heads on a mesh."""
+    B, Lq, H, hd = q.shape
     dt = v.dtype
 
     def run(qb, kb, vb):
         h = qb.shape[2]
-        pad = lambda t: jnp.pad(t, ((0, 0), (0, padded - L), (0, 0), (0, 0))).transpose(0, 2, 1, 3).astype(dt)
-        args = (pad(qb), pad(kb), pad(vb))
+        pad = lambda t, n: jnp.pad(t, ((0, 0), (0, n - t.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3).astype(dt)
+        args = (pad(qb, q_padded), pad(kb, kv_padded), pad(vb, kv_padded))
 
         def kernel_fn(interpret):
-            return lambda *a: jax.vmap(_splash_kernel(offsets, padded, h, interpret, block))(*a)
+            return lambda *a: jax.vmap(kernel_for(h, interpret))(*a)
 
         out = jax.lax.platform_dependent(*args, tpu=kernel_fn(False), default=kernel_fn(True))
-        return out.transpose(0, 2, 1, 3)[:, :L]
+        return out.transpose(0, 2, 1, 3)[:, :Lq]
 
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty or mesh.size <= 1:
         return run(q, k, v)
     spec = _batch_head_spec(mesh, B, H)
     return jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+
+
+def _splash_block_causal(q, k, v, offsets: tuple[int, ...], block: int = 128):
+    """Splash attention over the padded sequence with the block-causal mask; q/k/v (B,L,H,hd) -> (B,L,H,hd)."""
+    padded = -(-q.shape[1] // block) * block
+    mask_function = _splash_mask_function(offsets)
+    return _splash(q, k, v, lambda h, interpret: _splash_kernel((padded, padded), mask_function, offsets, h, interpret,
+                                                                block, block), padded, padded)
+
+
+def _splash_prefix(q, k, v, block: int = 512):
+    """Splash attention where every query sees every key (the sampler's scale against its cache
+    prefix): keys padded to blocks of ``block`` and hidden past the real prefix, queries in blocks
+    of up to ``block``. q (B,n,H,hd) pre-scaled, k/v (B,Lk,H,hd) -> (B,n,H,hd)."""
+    n, Lk = q.shape[1], k.shape[1]
+    block_q = min(block, -(-n // 128) * 128)
+    q_padded, kv_padded = -(-n // block_q) * block_q, -(-Lk // block) * block
+    mask_function = _prefix_mask_function(Lk)
+    return _splash(q, k, v, lambda h, interpret: _splash_kernel((q_padded, kv_padded), mask_function, ("prefix", Lk),
+                                                                h, interpret, block_q, block), q_padded, kv_padded)
 
 
 def _batch_head_spec(mesh, B: int, H: int):
@@ -241,8 +268,9 @@ def prefix_attention(q, k, v, key_mask=None, *, scale: float = 1.0, impl: str = 
     """Every query sees every key (subject to ``key_mask`` (B,Lk) bool). Returns (B,Lq,H,hd).
 
     Serves the KV-cache sampler (one scale against the cache prefix) and cross-attention to a
-    padded caption. ``splash`` has no kernel for this pattern and uses ``xla``, with query chunks
-    of at most ``q_chunk`` rows and at most ``logits_budget`` bytes of float32 logits each.
+    padded caption. ``splash`` runs the kernel where no ``key_mask`` is given (the sampler: no
+    logits leave the kernel) and ``xla`` for padded keys; ``xla`` takes query chunks of at most
+    ``q_chunk`` rows and at most ``logits_budget`` bytes of float32 logits each.
     """
     impl = resolve(impl)
     if impl == "reference":
@@ -250,6 +278,8 @@ def prefix_attention(q, k, v, key_mask=None, *, scale: float = 1.0, impl: str = 
         return reference_attention(q, k, v, mask, scale)
     if impl == "dot_product":
         return _dot_product(q, k, v, key_mask, scale)
+    if impl == "splash" and key_mask is None:
+        return _splash_prefix(q if scale == 1.0 else q * jnp.asarray(scale, q.dtype), k, v)
     B, n, H, _ = q.shape
     rows = max(1, int(logits_budget) // (B * H * k.shape[1] * 4))
     if rows < min(q_chunk, n):  # equal chunks under the budget

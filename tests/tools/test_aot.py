@@ -260,6 +260,8 @@ def tiny_report():
 
 
 def test_report_fields(tiny_report):
+    from infinity_jax.tools import aot
+
     r, lines = tiny_report
     t, s = r["train"], r["sampler"]
     assert r["topology"] == "v5p:2x2x1" and r["chips"] == 4 and r["fits"] is True
@@ -280,6 +282,12 @@ def test_report_fields(tiny_report):
     assert rl["time_s"] > 0 and 0 < rl["mfu"] <= 1 and rl["bound"] in ("compute", "hbm", "ici")
     assert s["peak_bytes"] > s["param_bytes"] > 0 and s["kv_cache_bytes"] > 0 and s["fits"] is True
     assert s["scales"] == len(s["per_scale"]) == 3 and s["guidance"] and s["estimate_seconds_per_image"] > 0
+    # splash: each scale's kernel FLOPs (2 rows x its queries x its visible keys) beside the HLO count
+    mcfg = aot.model_config(aot.compile_config(load_config()))
+    sched = [tuple(p["grid"]) for p in s["per_scale"]]
+    pairs = np.cumsum([h * w for h, w in sched]) * [h * w for h, w in sched]
+    kernel = [p["flops"]["pallas_kernels_analytic"] for p in s["per_scale"]]
+    assert kernel == pytest.approx(list(2 * mcfg.depth * 4 * mcfg.embed_dim * pairs))
     text = "\n".join(lines)
     assert "ESTIMATE" in text and "95.00 GiB (v5p): fits" in text and "official Infinity-2B: 0.8 s" in text
     json.dumps(r, default=str)  # the --json output

@@ -71,6 +71,18 @@ def test_prefix_attention_with_padding(impl):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0, err_msg=f"d{name}")
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_prefix_attention_without_a_key_mask(impl):
+    """The sampler's shape: one scale's queries against a cache prefix of any length (splash pads the
+    keys to its blocks and hides the padding in the kernel)."""
+    q, k, v = _qkv(57, Lq=40, seed=2)
+    ref = A.prefix_attention(q, k, v, scale=0.125, impl="reference")
+    np.testing.assert_allclose(np.asarray(A.prefix_attention(q, k, v, scale=0.125, impl=impl)), np.asarray(ref),
+                               atol=1e-5, rtol=0)
+    one = [t[:, :1] for t in (q, k, v)]  # the first scale: one query, one key
+    np.testing.assert_allclose(np.asarray(A.prefix_attention(*one, impl=impl)), np.asarray(one[2]), atol=1e-6)
+
+
 def test_prefix_attention_keeps_its_logits_under_the_budget():
     """The sampler's last scale against a long cache: query chunks shrink until one chunk's float32
     logits fit ``logits_budget``; the result is the reference's."""
@@ -145,7 +157,7 @@ def test_fixture_logits_and_gradients(official_tiny, impl):
         assert float(jnp.abs(a - b).max()) <= 2e-4 * scale
 
 
-@pytest.mark.parametrize("impl", ["reference", "xla", "dot_product"])
+@pytest.mark.parametrize("impl", ["reference", "xla", "dot_product", "splash"])
 def test_sampler_replay_per_backend(official_tiny, impl):
     """The KV-cache sampler (prefix attention) reproduces the official head logits with each backend."""
     folder = str(official_tiny)
@@ -182,3 +194,8 @@ def test_splash_compiles_to_the_tpu_kernel():
         hlo = jax.jit(jax.grad(f, (0, 1, 2))).lower(sd, sd, sd).compile().as_text()
     assert hlo.count('custom_call_target="tpu_custom_call"') >= 3  # forward, dq, dkv kernels
     assert f"{L},{L}]" not in hlo
+    # the sampler's pattern on one chip: a 300-query scale against a 700-key cache prefix
+    q = jax.ShapeDtypeStruct((2, 300, 2, 128), jnp.bfloat16, sharding=jax.sharding.SingleDeviceSharding(topo.devices[0]))
+    kv = jax.ShapeDtypeStruct((2, 700, 2, 128), jnp.bfloat16, sharding=q.sharding)
+    hlo = jax.jit(lambda q, k, v: A.prefix_attention(q, k, v, impl="splash")).lower(q, kv, kv).compile().as_text()
+    assert 'custom_call_target="tpu_custom_call"' in hlo and "300,700]" not in hlo
