@@ -142,7 +142,7 @@ class Pipeline:
         """Generate one image per prompt (``seed`` is the first image's seed, or one per image).
 
         ``max_batch``: sample at most this many images at once (the KV cache grows with it: at 1M
-        with guidance, Infinity-2B's bfloat16 cache is 5.2 GiB per image); an image does not depend
+        with guidance, Infinity-2B's bfloat16 cache is 3.2 GiB per image); an image does not depend
         on the batch it is sampled in. ``progress(k, K)`` is called after each scale of each batch."""
         if max_batch is not None and int(max_batch) < 1:
             raise ValueError(f"max_batch must be >= 1, not {max_batch}")

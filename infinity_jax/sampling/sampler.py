@@ -240,9 +240,8 @@ class Sampler:
                 new = jax.tree.map(lambda *t: jnp.stack(t), *news) if k == 0 else None
             if k == 0:  # the first scale allocates the caches with its keys/values in place: a zero cache
                 # carried through the layer loop (or donated) came back from XLA:TPU as a copy of the whole stack
-                fill = lambda t: jnp.zeros(spec.shape, spec.dtype).at[:, :, :, :n].set(t) if K > 1 else jnp.zeros(
-                    spec.shape, spec.dtype)  # a one-scale schedule caches nothing
-                kc, vc = fill(new[0]), fill(new[1])
+                zeros = jnp.zeros(spec.shape, spec.dtype)  # a one-scale schedule caches nothing
+                kc, vc = (zeros.at[:, :, :, :n].set(t) for t in new) if K > 1 else (zeros, zeros)
             raw, _ = model.logits(x, tc.cond)
             if use_cfg and cfg_layer == 0:
                 lg = raw / tau_k

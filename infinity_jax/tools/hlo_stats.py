@@ -35,6 +35,7 @@ _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
 _COMP_HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s*->\s*.*\{\s*$")
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*)$")
 _CALLEES = re.compile(r"\b(body|condition|calls|to_apply|true_computation|false_computation)=%([\w.\-]+)")
+_CALLS = re.compile(r"\bcalls=%([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while", "conditional", "call",
                "after-all", "partition-id", "replica-id", "iota", "opt-barrier", "add-dependency"}
@@ -253,7 +254,7 @@ def _sliced_read(name: str, body: list[_Instr], comps: dict) -> float | None:
             r = _sliced_read(u.name, body, comps)
         elif u.op in _SLICES and ops[0] == name and ops.count(name) == 1:
             r = float(type_bytes(u.type))
-        elif u.op == "fusion" and (m := re.search(r"\bcalls=%([\w.\-]+)", u.line)) and m.group(1) in comps:
+        elif u.op == "fusion" and (m := _CALLS.search(u.line)) and m.group(1) in comps:
             inner = comps[m.group(1)]
             ps = _params(inner)
             reads = [_sliced_read(ps[i], inner, comps) if i in ps else None for i, o in enumerate(ops) if o == name]
@@ -309,7 +310,7 @@ def _traffic(ins: _Instr, shapes: dict, comps: dict) -> float:
     if ins.op == _DUS and len(ops) >= 2:
         return 2.0 * type_bytes(shapes[ops[1]])
     if ins.op == "fusion":
-        m = re.search(r"\bcalls=%([\w.\-]+)", ins.line)
+        m = _CALLS.search(ins.line)
         if m and m.group(1) in comps:
             return _fusion_traffic([shapes[o] for o in ops], ins.type, comps[m.group(1)], comps)
     return float(sum(type_bytes(shapes[o]) for o in ops) + type_bytes(ins.type))
